@@ -1,0 +1,10 @@
+#include "converge/common/clock.h"
+
+namespace converge {
+
+SystemClock& SystemClock::Instance() {
+  static SystemClock clock;
+  return clock;
+}
+
+}  // namespace converge
