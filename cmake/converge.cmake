@@ -23,3 +23,12 @@ function(converge_library)
                                        PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/src)
   target_link_libraries(${L_NAME} PUBLIC ${L_PUBLIC_LIBS} PRIVATE ${L_PRIVATE_LIBS})
 endfunction()
+
+# converge_executable(NAME <name> SOURCES ... LIBS ...): a product executable, placed in
+# ${CMAKE_BINARY_DIR}/bin so scripts and tests find every binary in one place.
+function(converge_executable)
+  cmake_parse_arguments(E "" "NAME" "SOURCES;LIBS" ${ARGN})
+  add_executable(${E_NAME} ${E_SOURCES})
+  target_link_libraries(${E_NAME} PRIVATE ${E_LIBS})
+  set_target_properties(${E_NAME} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
+endfunction()
