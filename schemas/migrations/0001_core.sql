@@ -172,6 +172,8 @@ CREATE TABLE converge.dead_letters (
   id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
   origin         text        NOT NULL CHECK (origin IN ('relay', 'consumer')),
   consumer_group text,                        -- set when origin = 'consumer'
+  outbox_id      bigint,                      -- relay: the row's outbox id, reused on replay
+                                              -- so the message keeps its place in its key
   message_id     uuid,                        -- NULL when the record had no decodable id
   topic          text        NOT NULL,
   key            text,
@@ -332,9 +334,37 @@ BEGIN
 END
 $$;
 
--- Writes one outbox row and returns its message id. Call it inside the transaction that writes
--- the business rows: both commit or neither does. Writers of the same (topic, key) wait for
--- each other's commit here (see converge.outbox_keys).
+-- Writes one outbox row and returns its message id and per-key sequence number. Call it
+-- inside the transaction that writes the business rows: both commit or neither does. Writers
+-- of the same (topic, key) wait for each other's commit here (see converge.outbox_keys).
+CREATE FUNCTION converge.enqueue_message(p_topic text, p_key text, p_type text, p_payload bytea,
+                                         p_headers jsonb, p_content_type text, p_source text,
+                                         p_traceparent text, p_message_id uuid,
+                                         p_expires_at timestamptz,
+                                         OUT message_id uuid, OUT seq bigint)
+  LANGUAGE plpgsql VOLATILE AS
+$$
+DECLARE
+  v_source text := coalesce(p_source, nullif(current_setting('converge.source', true), ''),
+                            '/' || current_database());
+BEGIN
+  message_id := coalesce(p_message_id, converge.uuid_v7());
+  PERFORM converge.validate_message(p_topic, p_key, p_type, p_payload, coalesce(p_headers, '{}'),
+                                    v_source, p_content_type, p_traceparent);
+  INSERT INTO converge.outbox_keys AS k (topic, key, last_seq) VALUES (p_topic, p_key, 1)
+    ON CONFLICT (topic, key) DO UPDATE SET last_seq = k.last_seq + 1
+    RETURNING k.last_seq INTO seq;
+  INSERT INTO converge.outbox (message_id, topic, key, seq, slot, type, source, payload, headers,
+                               content_type, traceparent, expires_at)
+    VALUES (message_id, p_topic, p_key, seq, converge.key_slot(p_key), p_type, v_source,
+            p_payload, coalesce(p_headers, '{}'), p_content_type, p_traceparent, p_expires_at);
+  -- A wake-up hint for relays (one per transaction: identical notifications are folded).
+  -- Relays also poll, so a lost notification only adds latency.
+  PERFORM pg_notify('converge_outbox', '');
+END
+$$;
+
+-- Bytes flavour: any payload, any content type.
 CREATE FUNCTION converge.enqueue_raw(p_topic text, p_key text, p_type text, p_payload bytea,
                                      p_headers jsonb DEFAULT '{}',
                                      p_content_type text DEFAULT 'application/octet-stream',
@@ -342,28 +372,10 @@ CREATE FUNCTION converge.enqueue_raw(p_topic text, p_key text, p_type text, p_pa
                                      p_traceparent text DEFAULT NULL,
                                      p_message_id uuid DEFAULT NULL,
                                      p_expires_at timestamptz DEFAULT NULL)
-  RETURNS uuid LANGUAGE plpgsql VOLATILE AS
+  RETURNS uuid LANGUAGE sql VOLATILE AS
 $$
-DECLARE
-  v_id     uuid := coalesce(p_message_id, converge.uuid_v7());
-  v_source text := coalesce(p_source, nullif(current_setting('converge.source', true), ''),
-                            '/' || current_database());
-  v_seq    bigint;
-BEGIN
-  PERFORM converge.validate_message(p_topic, p_key, p_type, p_payload, coalesce(p_headers, '{}'),
-                                    v_source, p_content_type, p_traceparent);
-  INSERT INTO converge.outbox_keys AS k (topic, key, last_seq) VALUES (p_topic, p_key, 1)
-    ON CONFLICT (topic, key) DO UPDATE SET last_seq = k.last_seq + 1
-    RETURNING k.last_seq INTO v_seq;
-  INSERT INTO converge.outbox (message_id, topic, key, seq, slot, type, source, payload, headers,
-                               content_type, traceparent, expires_at)
-    VALUES (v_id, p_topic, p_key, v_seq, converge.key_slot(p_key), p_type, v_source, p_payload,
-            coalesce(p_headers, '{}'), p_content_type, p_traceparent, p_expires_at);
-  -- A wake-up hint for relays (one per transaction: identical notifications are folded).
-  -- Relays also poll, so a lost notification only adds latency.
-  PERFORM pg_notify('converge_outbox', '');
-  RETURN v_id;
-END
+  SELECT (converge.enqueue_message(p_topic, p_key, p_type, p_payload, p_headers, p_content_type,
+                                   p_source, p_traceparent, p_message_id, p_expires_at)).message_id
 $$;
 
 -- The JSON flavour most services use from SQL:

@@ -1,0 +1,227 @@
+#include "outbox_store.h"
+
+#include <set>
+
+#include "converge/schemas/pg.h"
+
+namespace converge::outbox {
+namespace {
+
+// Headers travel from SQL as "hexname:hexvalue,..." so no JSON parser is needed here.
+std::string Unhex(std::string_view hex) {
+  std::string out;
+  out.reserve(hex.size() / 2);
+  auto v = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return 0;
+  };
+  for (size_t i = 0; i + 1 < hex.size(); i += 2)
+    out.push_back(static_cast<char>(v(hex[i]) << 4 | v(hex[i + 1])));
+  return out;
+}
+
+void ParseHeaders(std::string_view text, std::map<std::string, std::string>* out) {
+  while (!text.empty()) {
+    const auto comma = text.find(',');
+    const std::string_view pair = text.substr(0, comma);
+    const auto colon = pair.find(':');
+    if (colon != std::string_view::npos)
+      (*out)[Unhex(pair.substr(0, colon))] = Unhex(pair.substr(colon + 1));
+    if (comma == std::string_view::npos) break;
+    text.remove_prefix(comma + 1);
+  }
+}
+
+constexpr const char* kClaimSql = R"sql(
+SELECT o.id, o.message_id::text, o.topic, o.key, o.seq, o.slot, o.type, o.source, o.payload,
+       (SELECT string_agg(encode(convert_to(h.key, 'UTF8'), 'hex') || ':' ||
+                          encode(convert_to(h.value, 'UTF8'), 'hex'), ',')
+          FROM jsonb_each_text(o.headers) h),
+       o.content_type, o.traceparent,
+       (extract(epoch FROM o.created_at) * 1000)::bigint,
+       (extract(epoch FROM o.expires_at) * 1000)::bigint,
+       o.attempts,
+       coalesce(o.expires_at <= now(), false)
+  FROM converge.outbox o
+ WHERE o.slot = ANY($1::smallint[])
+   AND NOT EXISTS (SELECT 1 FROM converge.outbox_blocked_keys b
+                    WHERE b.topic = o.topic AND b.key = o.key
+                      AND (b.parked OR b.blocked_until > now()))
+ ORDER BY o.id
+ LIMIT $2
+)sql";
+
+}  // namespace
+
+OutboxStore::OutboxStore(std::string url, std::string owner)
+    : url_(std::move(url)), owner_(std::move(owner)) {}
+
+Status OutboxStore::Connect() {
+  auto c = pg::Connect(url_);
+  if (!c.ok()) return c.status();
+  conn_ = std::move(c).value();
+  return Status::Ok();
+}
+
+Status OutboxStore::Fail(const std::exception& e) {
+  Status st = pg::StatusFromException(e);
+  if (st.code() == StatusCode::kUnavailable || st.code() == StatusCode::kDeadlineExceeded)
+    conn_.reset();  // reconnect next time
+  return st;
+}
+
+Result<std::vector<OutboxRow>> OutboxStore::Claim(const std::vector<int>& slots, int limit) {
+  if (!conn_) return Status::Unavailable("not connected");
+  std::vector<OutboxRow> rows;
+  if (slots.empty()) return rows;
+  try {
+    pqxx::read_transaction tx(*conn_);
+    auto r = tx.exec_params(kClaimSql, pg::IntArrayLiteral(slots), limit);
+    rows.reserve(r.size());
+    for (const auto& f : r) {
+      OutboxRow row;
+      row.id = f[0].as<int64_t>();
+      Message& m = row.message;
+      m.id = f[1].as<std::string>();
+      m.topic = f[2].as<std::string>();
+      m.subject = f[3].as<std::string>();
+      m.sequence = f[4].as<int64_t>();
+      row.slot = f[5].as<int>();
+      m.type = f[6].as<std::string>();
+      m.source = f[7].as<std::string>();
+      pqxx::binarystring payload(f[8]);
+      m.payload.assign(payload.get(), payload.size());
+      if (!f[9].is_null()) ParseHeaders(f[9].c_str(), &m.headers);
+      m.datacontenttype = f[10].as<std::string>();
+      if (!f[11].is_null()) m.traceparent = f[11].as<std::string>();
+      row.created_at = std::chrono::system_clock::time_point(
+          std::chrono::milliseconds(f[12].as<int64_t>()));
+      m.time = row.created_at;
+      if (!f[13].is_null())
+        m.expires_at = std::chrono::system_clock::time_point(
+            std::chrono::milliseconds(f[13].as<int64_t>()));
+      row.attempts = f[14].as<int>();
+      row.was_blocked = row.attempts > 0;
+      row.expired = f[15].as<bool>();
+      rows.push_back(std::move(row));
+    }
+    tx.commit();
+    return rows;
+  } catch (const std::exception& e) {
+    return Fail(e);
+  }
+}
+
+Result<CompleteResult> OutboxStore::Complete(const std::vector<OutboxRow>& rows,
+                                             const BatchOutcome& outcome) {
+  if (!conn_) return Status::Unavailable("not connected");
+  CompleteResult result;
+  try {
+    pqxx::work tx(*conn_);
+    // Fence: the slots this relay still holds, locked against takeover until commit.
+    std::set<int> valid;
+    for (const auto& f : tx.exec_params(
+             "SELECT slot FROM converge.relay_slots WHERE owner = $1 AND lease_until > now() "
+             "FOR SHARE",
+             owner_))
+      valid.insert(f[0].as<int>());
+    auto owned = [&](size_t i) { return valid.count(rows[i].slot) > 0; };
+
+    std::vector<int64_t> del_ids;
+    std::vector<std::string> unblock_topics, unblock_keys;
+    for (size_t i : outcome.published) {
+      if (!owned(i)) {
+        ++result.fenced;
+        continue;
+      }
+      del_ids.push_back(rows[i].id);
+      if (rows[i].was_blocked) {
+        unblock_topics.push_back(rows[i].message.topic);
+        unblock_keys.push_back(rows[i].message.subject);
+      }
+    }
+    if (!del_ids.empty()) {
+      auto r = tx.exec_params("DELETE FROM converge.outbox WHERE id = ANY($1::bigint[])",
+                              pg::IntArrayLiteral(del_ids));
+      result.deleted = r.affected_rows();
+    }
+    if (!unblock_keys.empty()) {
+      tx.exec_params(
+          "DELETE FROM converge.outbox_blocked_keys b USING unnest($1::text[], $2::text[]) "
+          "AS u(topic, key) WHERE b.topic = u.topic AND b.key = u.key AND NOT b.parked",
+          pg::TextArrayLiteral(unblock_topics), pg::TextArrayLiteral(unblock_keys));
+    }
+    for (const auto& r : outcome.retry) {
+      if (!owned(r.row)) {
+        ++result.fenced;
+        continue;
+      }
+      const OutboxRow& row = rows[r.row];
+      tx.exec_params(
+          "UPDATE converge.outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1",
+          row.id, r.error);
+      tx.exec_params(
+          "INSERT INTO converge.outbox_blocked_keys "
+          "  (topic, key, parked, blocked_until, reason, message_id) "
+          "VALUES ($1, $2, false, now() + $3 * interval '1 millisecond', $4, $5::uuid) "
+          "ON CONFLICT (topic, key) DO UPDATE SET blocked_until = excluded.blocked_until, "
+          "  reason = excluded.reason, message_id = excluded.message_id "
+          "  WHERE NOT converge.outbox_blocked_keys.parked",
+          row.message.topic, row.message.subject, static_cast<int64_t>(r.backoff.count()),
+          "retrying: " + r.error, row.message.id);
+    }
+    for (const auto& d : outcome.dead) {
+      if (!owned(d.row)) {
+        ++result.fenced;
+        continue;
+      }
+      const OutboxRow& row = rows[d.row];
+      tx.exec_params(
+          "WITH moved AS (DELETE FROM converge.outbox WHERE id = $1 RETURNING *) "
+          "INSERT INTO converge.dead_letters (origin, outbox_id, message_id, topic, key, seq, "
+          "  type, source, payload, headers, content_type, traceparent, created_at, expires_at, "
+          "  reason, error_code, attempts) "
+          "SELECT 'relay', id, message_id, topic, key, seq, type, source, payload, headers, "
+          "  content_type, traceparent, created_at, expires_at, $2, $3, attempts + 1 FROM moved",
+          row.id, d.reason, d.error_code);
+      if (d.park_key) {
+        tx.exec_params(
+            "INSERT INTO converge.outbox_blocked_keys "
+            "  (topic, key, parked, blocked_until, reason, message_id) "
+            "VALUES ($1, $2, true, NULL, $3, $4::uuid) "
+            "ON CONFLICT (topic, key) DO UPDATE SET parked = true, blocked_until = NULL, "
+            "  reason = excluded.reason, message_id = excluded.message_id, since = now()",
+            row.message.topic, row.message.subject, "dead-lettered: " + d.reason,
+            row.message.id);
+      } else if (row.was_blocked) {
+        tx.exec_params(
+            "DELETE FROM converge.outbox_blocked_keys WHERE topic = $1 AND key = $2 "
+            "AND NOT parked",
+            row.message.topic, row.message.subject);
+      }
+    }
+    tx.commit();
+    return result;
+  } catch (const std::exception& e) {
+    return Fail(e);
+  }
+}
+
+Status OutboxStore::ReadGauges(int64_t* oldest_age_ms, int64_t* parked_keys) {
+  if (!conn_) return Status::Unavailable("not connected");
+  try {
+    pqxx::read_transaction tx(*conn_);
+    auto r = tx.exec(
+        "SELECT coalesce((SELECT (extract(epoch FROM now() - created_at) * 1000)::bigint "
+        "                   FROM converge.outbox ORDER BY id LIMIT 1), 0), "
+        "       (SELECT count(*) FROM converge.outbox_blocked_keys WHERE parked)");
+    *oldest_age_ms = std::max<int64_t>(0, r[0][0].as<int64_t>());
+    *parked_keys = r[0][1].as<int64_t>();
+    return Status::Ok();
+  } catch (const std::exception& e) {
+    return Fail(e);
+  }
+}
+
+}  // namespace converge::outbox
