@@ -331,6 +331,7 @@ void Relay::Impl::UpdateGauges() {
 }
 
 Result<size_t> Relay::Impl::RunOnce() {
+  if (observer_) observer_->OnCycle();
   CONVERGE_RETURN_IF_ERROR(EnsureConnected());
   CONVERGE_RETURN_IF_ERROR(leaser_.Maintain());
   stats_.ready.store(leaser_.owned().empty() ? 0 : 1);

@@ -93,6 +93,8 @@ class RelayObserver {
   virtual void OnBatch(size_t rows) = 0;
   // Time from the row's insert (database clock) to the broker's confirmation.
   virtual void OnConfirmed(std::chrono::milliseconds commit_to_confirm) = 0;
+  // Called once per loop iteration, busy or idle (a liveness heartbeat).
+  virtual void OnCycle() {}
 };
 
 class Relay {

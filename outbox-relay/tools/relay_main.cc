@@ -1,0 +1,276 @@
+// converge-relay: the outbox relay sidecar. See outbox-relay/README.md and
+// docs/configuration.md (generated from the schema below by `converge-relay --help-markdown`).
+#include <signal.h>
+
+#include <cstdio>
+#include <iostream>
+#include <thread>
+
+#include "converge/broker/kafka.h"
+#include "converge/common/config.h"
+#include "converge/common/http_server.h"
+#include "converge/common/log.h"
+#include "converge/common/metrics.h"
+#include "converge/outbox/relay.h"
+
+namespace converge {
+namespace {
+
+using std::chrono::milliseconds;
+
+// Every configuration key of converge-relay, declared once (name, default, help, env var).
+struct Keys {
+  explicit Keys(ConfigSchema& s)
+      : db_url(s.String("database.url", "",
+                        "PostgreSQL URL of the database with the converge schema")
+                   .Env("CONVERGE_PG_URL").Secret().Required()),
+        target(s.Enum("relay.target", "kafka", {"kafka"}, "Broker the outbox is published to")),
+        bootstrap((s.PassThrough("kafka.",
+                                 "Any librdkafka producer property (TLS: kafka.security.protocol, "
+                                 "kafka.ssl.ca.location ...; SASL: kafka.sasl.mechanisms, "
+                                 "kafka.sasl.username, kafka.sasl.password ...), verbatim"),
+                   s.String("kafka.bootstrap.servers", "", "Kafka bootstrap servers (host:port,...)")
+                       .Env("CONVERGE_KAFKA_BROKERS").Required())),
+        message_timeout_ms(
+            s.Int("kafka.message.timeout.ms", 10000,
+                  "librdkafka delivery timeout; a row not confirmed within it is retried")
+                .Range(1000, 3600000)),
+        instance_id(s.String("relay.instance_id", "",
+                             "Name of this relay in converge.relay_instances (default host:pid:id)")),
+        batch_size(s.Int("relay.batch_size", 1000, "Rows claimed per batch").Range(1, 100000)),
+        poll_interval(s.Duration("relay.poll_interval", milliseconds(500),
+                                 "Poll period when no NOTIFY arrives")),
+        publish_timeout(s.Duration("relay.publish_timeout", milliseconds(15000),
+                                   "Longest wait for the broker per batch (> kafka.message.timeout.ms)")),
+        lease_ttl(s.Duration("relay.lease_ttl", milliseconds(40000),
+                             "Slot lease length; a dead relay's slots move after it")),
+        lease_renew(s.Duration("relay.lease_renew_interval", milliseconds(5000),
+                               "How often leases are renewed and rebalanced")),
+        takeover_grace(s.Duration("relay.takeover_grace", milliseconds(1000),
+                                  "Extra wait before taking over an expired slot")),
+        strict_order(s.Bool("relay.strict_key_order", true,
+                            "One in-flight row per key (false: trust the producer's ordering)")),
+        retry_initial(s.Duration("relay.retry.initial", milliseconds(200),
+                                 "First retry delay of a failed row (per key, with jitter)")),
+        retry_max(s.Duration("relay.retry.max", milliseconds(60000), "Longest retry delay")),
+        max_attempts(s.Int("relay.max_attempts", 0,
+                           "Retriable failures before a row is dead-lettered (0 = never)")
+                         .Range(0, 1000000)),
+        breaker_failures(s.Int("relay.breaker.failures", 3,
+                               "Failed batches in a row that open the circuit breaker")
+                             .Range(1, 1000)),
+        breaker_initial(s.Duration("relay.breaker.initial", milliseconds(1000),
+                                   "First probe delay while the breaker is open")),
+        breaker_max(s.Duration("relay.breaker.max", milliseconds(30000), "Longest probe delay")),
+        rate_limit(s.Int("relay.rate_limit", 0, "Publish rate limit in messages/s (0 = none)")
+                       .Range(0, 100000000)),
+        metrics_host(s.String("metrics.host", "127.0.0.1",
+                              "Interface for /metrics, /healthz, /readyz")),
+        metrics_port(s.Int("metrics.port", 9464, "Port for /metrics (0 = ephemeral, -1 = off)")
+                         .Range(-1, 65535)),
+        log_level(s.Enum("log.level", "info", {"debug", "info", "warn", "error"},
+                         "Minimum log level")),
+        log_format(s.Enum("log.format", "logfmt", {"logfmt", "json"}, "Log line format")) {}
+
+  ConfigKey<std::string> db_url, target, bootstrap;
+  ConfigKey<int64_t> message_timeout_ms;
+  ConfigKey<std::string> instance_id;
+  ConfigKey<int64_t> batch_size;
+  ConfigKey<milliseconds> poll_interval, publish_timeout, lease_ttl, lease_renew, takeover_grace;
+  ConfigKey<bool> strict_order;
+  ConfigKey<milliseconds> retry_initial, retry_max;
+  ConfigKey<int64_t> max_attempts, breaker_failures;
+  ConfigKey<milliseconds> breaker_initial, breaker_max;
+  ConfigKey<int64_t> rate_limit;
+  ConfigKey<std::string> metrics_host;
+  ConfigKey<int64_t> metrics_port;
+  ConfigKey<std::string> log_level, log_format;
+};
+
+class MetricsObserver final : public outbox::RelayObserver {
+ public:
+  MetricsObserver(metrics::Histogram* batch, metrics::Histogram* latency, Heartbeat* hb)
+      : batch_(batch), latency_(latency), hb_(hb) {}
+  void OnBatch(size_t rows) override { batch_->Observe(static_cast<double>(rows)); }
+  void OnConfirmed(milliseconds d) override { latency_->Observe(d.count() / 1000.0); }
+  void OnCycle() override { hb_->Beat(); }
+
+ private:
+  metrics::Histogram* batch_;
+  metrics::Histogram* latency_;
+  Heartbeat* hb_;
+};
+
+Status RegisterMetrics(metrics::Registry& reg, const outbox::Relay& relay) {
+  const outbox::RelayStats& st = relay.stats();
+  auto counter = [&](const char* name, const char* help, const std::atomic<uint64_t>& v) {
+    return reg.AddCallback(name, help, metrics::MetricType::kCounter, {},
+                           [&v] { return std::vector<metrics::Sample>{{{}, double(v.load())}}; });
+  };
+  auto gauge = [&](const char* name, const char* help, const std::atomic<int64_t>& v,
+                   double scale = 1.0) {
+    return reg.AddCallbackGauge(name, help, [&v, scale] { return double(v.load()) * scale; });
+  };
+  CONVERGE_RETURN_IF_ERROR(counter("converge_relay_published_total",
+                                   "Rows confirmed by the broker and removed from the outbox",
+                                   st.published));
+  CONVERGE_RETURN_IF_ERROR(counter("converge_relay_failed_total",
+                                   "Publish attempts that failed with a retriable error", st.failed));
+  CONVERGE_RETURN_IF_ERROR(counter("converge_relay_retried_total",
+                                   "Rows published after at least one failed attempt", st.retried));
+  CONVERGE_RETURN_IF_ERROR(counter("converge_relay_dead_lettered_total",
+                                   "Rows moved to converge.dead_letters", st.dead_lettered));
+  CONVERGE_RETURN_IF_ERROR(counter("converge_relay_fenced_total",
+                                   "Rows not removed because the slot lease was lost", st.fenced));
+  CONVERGE_RETURN_IF_ERROR(counter("converge_relay_batches_total", "Batches claimed", st.batches));
+  CONVERGE_RETURN_IF_ERROR(gauge("converge_relay_owned_slots", "Hash slots leased by this relay",
+                                 st.owned_slots));
+  CONVERGE_RETURN_IF_ERROR(gauge("converge_outbox_parked_keys",
+                                 "Keys parked after a dead-lettered row", st.parked_keys));
+  CONVERGE_RETURN_IF_ERROR(gauge("converge_outbox_oldest_unpublished_seconds",
+                                 "Age of the oldest row still in the outbox", st.oldest_age_ms,
+                                 0.001));
+  CONVERGE_RETURN_IF_ERROR(gauge("converge_relay_circuit_open",
+                                 "1 while the broker circuit breaker is open", st.breaker_open));
+  return Status::Ok();
+}
+
+int Main(int argc, char** argv) {
+  ConfigSchema schema("converge-relay",
+                      "Publishes committed outbox rows to Kafka, in key order, at least once.");
+  const Keys k(schema);
+  auto inputs = ConfigInputs::FromMain(argc, argv);
+  for (const auto& a : inputs.args) {
+    if (a == "--help-markdown") {
+      std::cout << schema.MarkdownReference();
+      return 0;
+    }
+  }
+  auto loaded = schema.Load(inputs);
+  if (!loaded.ok()) {
+    std::cerr << "converge-relay: invalid configuration: " << loaded.status().message()
+              << "\n(see converge-relay --help)\n";
+    return 2;
+  }
+  const Config& cfg = *loaded;
+  if (cfg.help_requested()) {
+    std::cout << schema.HelpText();
+    return 0;
+  }
+  if (cfg.version_requested()) {
+    std::cout << "converge-relay 0.1.0\n";
+    return 0;
+  }
+
+  outbox::RelayOptions ro;
+  ro.database_url = cfg.Get(k.db_url);
+  ro.instance_id = cfg.Get(k.instance_id);
+  ro.batch_size = static_cast<int>(cfg.Get(k.batch_size));
+  ro.poll_interval = cfg.Get(k.poll_interval);
+  ro.publish_timeout = cfg.Get(k.publish_timeout);
+  ro.broker_delivery_timeout = milliseconds(cfg.Get(k.message_timeout_ms));
+  ro.lease_ttl = cfg.Get(k.lease_ttl);
+  ro.lease_renew_interval = cfg.Get(k.lease_renew);
+  ro.takeover_grace = cfg.Get(k.takeover_grace);
+  ro.strict_key_order = cfg.Get(k.strict_order);
+  ro.retry.initial = cfg.Get(k.retry_initial);
+  ro.retry.max = cfg.Get(k.retry_max);
+  ro.breaker_failures = static_cast<int>(cfg.Get(k.breaker_failures));
+  ro.breaker_backoff.initial = cfg.Get(k.breaker_initial);
+  ro.breaker_backoff.max = cfg.Get(k.breaker_max);
+  ro.rate_limit = static_cast<double>(cfg.Get(k.rate_limit));
+  ro.max_attempts = static_cast<int>(cfg.Get(k.max_attempts));
+
+  broker::KafkaOptions ko;
+  ko.bootstrap_servers = cfg.Get(k.bootstrap);
+  ko.message_timeout = milliseconds(cfg.Get(k.message_timeout_ms));
+  ko.properties = cfg.PassThrough("kafka.");
+  ko.properties.erase("bootstrap.servers");
+  ko.properties.erase("message.timeout.ms");
+
+  Status valid = ro.Validate();
+  if (valid.ok()) valid = ko.Validate();
+  if (!valid.ok()) {
+    std::cerr << "converge-relay: invalid configuration: " << valid.message() << "\n";
+    return 2;
+  }
+  auto publisher = broker::MakeKafkaPublisher(ko);
+  if (!publisher.ok()) {
+    std::cerr << "converge-relay: invalid configuration: " << publisher.status().message() << "\n";
+    return 2;
+  }
+  if (cfg.check_config_requested()) {
+    std::cout << cfg.DumpEffective() << "configuration OK\n";
+    return 0;
+  }
+
+  LogOptions lo;
+  lo.min_level = *ParseLevel(cfg.Get(k.log_level));
+  lo.format = *ParseLogFormat(cfg.Get(k.log_format));
+  ConfigureLogging(lo);
+
+  // Signals are taken by a dedicated thread, which stops the relay cleanly.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+
+  metrics::Registry registry;
+  auto* batch_hist = *registry.AddHistogram("converge_relay_batch_size", "Rows per claimed batch",
+                                            metrics::ExponentialBuckets(1, 4, 8));
+  auto* latency_hist = *registry.AddHistogram(
+      "converge_relay_commit_to_confirm_seconds",
+      "Time from the outbox insert to the broker's confirmation",
+      metrics::ExponentialBuckets(0.001, 2, 16));
+  Heartbeat heartbeat(SystemClock::Instance(), std::chrono::seconds(60) + ro.publish_timeout);
+  MetricsObserver observer(batch_hist, latency_hist, &heartbeat);
+  outbox::Relay relay(ro, std::move(publisher).value(), &observer);
+  if (Status st = RegisterMetrics(registry, relay); !st.ok()) {
+    std::cerr << "converge-relay: " << st << "\n";
+    return 1;
+  }
+  std::unique_ptr<MetricsServer> server;
+  if (cfg.Get(k.metrics_port) >= 0) {
+    MetricsServerOptions mo;
+    mo.host = cfg.Get(k.metrics_host);
+    mo.port = static_cast<uint16_t>(cfg.Get(k.metrics_port));
+    mo.liveness = [&heartbeat] { return heartbeat.Check(); };
+    mo.readiness = [&relay]() -> Status {
+      if (relay.stats().ready.load() == 0)
+        return Status::Unavailable("not connected to PostgreSQL or holding no slot");
+      if (relay.stats().breaker_open.load() != 0)
+        return Status::Unavailable("broker unreachable (circuit breaker open)");
+      return Status::Ok();
+    };
+    server = std::make_unique<MetricsServer>(registry, mo);
+    if (Status st = server->Start(); !st.ok()) {
+      std::cerr << "converge-relay: metrics endpoint: " << st << "\n";
+      return 1;
+    }
+    Log(Level::kInfo, "metrics endpoint listening",
+        {{"address", mo.host + ":" + std::to_string(server->port())}});
+  }
+
+  std::thread signals([&] {
+    int sig = 0;
+    sigwait(&set, &sig);
+    Log(Level::kInfo, "signal received; draining", {{"signal", sig}});
+    relay.Stop();
+  });
+  Status st = relay.Run();
+  if (server) server->Stop();
+  // Wake the signal thread if Run() returned on its own.
+  pthread_kill(signals.native_handle(), SIGTERM);
+  signals.join();
+  if (!st.ok()) {
+    Log(Level::kError, "relay stopped", {{"error", st.ToString()}});
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace converge
+
+int main(int argc, char** argv) { return converge::Main(argc, argv); }
