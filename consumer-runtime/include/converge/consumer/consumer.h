@@ -1,0 +1,236 @@
+// The consumer runtime: receives messages from a MessageSource and applies each message's effect
+// exactly once per consumer group, by committing the dedupe row, the handler's writes and the
+// broker position in ONE local PostgreSQL transaction.
+//
+//   converge::consumer::Consumer consumer(options, std::move(source));
+//   consumer.Handle("order.placed", [](const converge::Message& m, Context& ctx) {
+//     ctx.tx().exec_params("UPDATE stock SET n = n - 1 WHERE sku = $1", m.subject);
+//     return ctx.Enqueue({.topic = "shipping", .key = m.subject, .type = "ship.requested",
+//                         .payload = m.payload}).status();
+//   });
+//   CONVERGE_RETURN_IF_ERROR(consumer.Start());
+//   ...
+//   consumer.Stop();   // finishes the current transaction, then closes the source
+//
+// Handler results: OK commits the handler's writes with the message. A retriable Status
+// (kUnavailable, kAborted, kDeadlineExceeded) or a retriable exception (serialization failure,
+// deadlock) undoes only this message's writes (savepoint) and retries it after backoff; the
+// other messages of the batch are kept. Any other Status or exception dead-letters the message
+// at once. After `max_attempts` the message is dead-lettered with its last error. In every
+// case the offset moves past the message in the transaction that records the outcome.
+//
+// pqxx appears in this header on purpose: handlers write SQL through Context::tx().
+//
+// Thread safety: Handle(), SetDecoder() before Start() only. Start()/Stop()/stats() may be
+// called from any thread; handlers run on the consumer's own thread, one at a time.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <pqxx/transaction_base>
+
+#include "converge/broker/source.h"
+#include "converge/common/backoff.h"
+#include "converge/common/clock.h"
+#include "converge/common/message.h"
+#include "converge/common/status.h"
+
+namespace converge::consumer {
+
+// What to do when a message's per-key sequence (Message::sequence for its topic and subject)
+// is not last_seq + 1. Messages without a subject or with sequence 0 are not checked.
+enum class SequencePolicy {
+  // Apply every message; gaps and stale sequences are only counted (stats) and logged.
+  kApply,
+  // The default. A stale message (sequence <= the last applied one, under a different id) is
+  // skipped: recorded in the inbox, its offset committed, the handler not run, counted in
+  // stale_skipped. Gaps are applied and counted. See README.md "Sequence policy" for why.
+  kSkipStale,
+  // A gap holds the partition: the message is retried with backoff (max_attempts times), then
+  // applied with a warning (the missing message is presumed lost). Stale messages are skipped
+  // as in kSkipStale.
+  kHold,
+};
+
+// A message whose type has no handler.
+enum class UnknownTypePolicy {
+  // Dead-letter it (error_code "unknown_type"). The default: a missing handler is a deployment
+  // mistake, and the message stays available for replay.
+  kDeadLetter,
+  // Record it in the inbox and commit its offset without running anything.
+  kSkip,
+};
+
+struct ConsumerOptions {
+  // The consumer group: the dedupe scope (inbox key is (group, message id)) and the owner of
+  // the stored offsets. Required.
+  std::string group;
+  // Topics to subscribe to. Required, at least one.
+  std::vector<std::string> topics;
+  // PostgreSQL URL of the database that holds the converge schema and the handler's tables.
+  // Required.
+  std::string database_url;
+  // This process incarnation's identity in converge.consumer_offsets.owner. Empty: generated as
+  // "<hostname>:<pid>:<uuidv7>", unique per start.
+  std::string member_id;
+  // Upper bound on the messages committed in one transaction.
+  size_t max_batch_records = 500;
+  // Upper bound on the summed payload bytes of one transaction (a single larger message still
+  // goes alone).
+  size_t max_batch_bytes = 4 << 20;
+  // How long the runtime keeps adding records that are already available to a batch. A quiet
+  // stream does not wait: as soon as a non-blocking poll finds nothing more, the batch runs.
+  std::chrono::milliseconds linger{5};
+  // How long one Poll() waits for the first record when nothing is buffered.
+  std::chrono::milliseconds poll_timeout{100};
+  // Attempts of one message (retriable handler failures, aborted transactions) before it is
+  // dead-lettered. Lost database connections do not count: they are retried without limit.
+  int max_attempts = 5;
+  // Delay before re-running a message whose handler failed with a retriable error.
+  BackoffPolicy retry_backoff{std::chrono::milliseconds(100), std::chrono::milliseconds(10000),
+                              2.0, 0.5};
+  // Delay between reconnect attempts after the database connection was lost.
+  BackoffPolicy reconnect_backoff{std::chrono::milliseconds(100),
+                                  std::chrono::milliseconds(5000), 2.0, 0.5};
+  // See SequencePolicy.
+  SequencePolicy sequence_policy = SequencePolicy::kSkipStale;
+  // See UnknownTypePolicy.
+  UnknownTypePolicy unknown_type = UnknownTypePolicy::kDeadLetter;
+  // The dedupe window: inbox rows older than this (database clock) and below the committed
+  // offset are pruned. A duplicate that arrives later than this is processed again. 7 days,
+  // like NServiceBus; a relay's redelivery arrives within seconds to minutes.
+  std::chrono::seconds dedupe_window{std::chrono::hours(24 * 7)};
+  // How often pruning runs; zero disables it.
+  std::chrono::milliseconds prune_interval{60000};
+  // Rows deleted per prune statement (short statements keep lock and WAL bursts small).
+  int prune_batch = 1000;
+  // PostgreSQL idle_in_transaction_session_timeout for the runtime's session. A member paused
+  // inside a transaction (SIGSTOP, a stalled VM) keeps its offset rows locked; the server ends
+  // its session after this long so the partition's new owner can claim it. Must exceed the
+  // longest non-SQL pause inside a handler. Zero: the server default.
+  std::chrono::milliseconds transaction_idle_timeout{30000};
+
+  // Names the first bad field: "consumer.group must not be empty".
+  Status Validate() const;
+};
+
+// Counters since Start(). Metrics: these map 1:1 to converge_consumer_* series once the
+// metrics registry lands.
+struct ConsumerStats {
+  uint64_t consumed = 0;             // records settled (every outcome below)
+  uint64_t applied = 0;              // handler ran and committed
+  uint64_t duplicates_skipped = 0;   // same id, same payload: handler not run
+  uint64_t conflicts = 0;            // same id, different payload: dead-lettered
+  uint64_t dead_letters = 0;         // every dead letter (conflicts included)
+  uint64_t unknown_type_skipped = 0;
+  uint64_t stale_skipped = 0;        // SequencePolicy skips
+  uint64_t sequence_gaps = 0;
+  uint64_t retries = 0;              // handler retriable failures
+  uint64_t transactions = 0;         // committed batch transactions
+  uint64_t transaction_failures = 0; // batch transactions rolled back (re-run)
+  uint64_t fenced = 0;               // partitions found taken by another member
+  uint64_t pruned = 0;               // inbox rows deleted
+  uint64_t last_batch_size = 0;
+  uint64_t max_batch_size = 0;
+  double handler_seconds_total = 0;  // summed handler latency
+  int64_t lag = 0;                   // buffered, not yet committed records
+};
+
+class Consumer;
+
+// What a handler gets besides the message. Valid only during the handler call.
+class Context {
+ public:
+  // The transaction that commits with the dedupe row and the offset. The runtime has opened a
+  // SAVEPOINT for this message, so a failing statement (or a failed Status) undoes only this
+  // message's writes. Use exec/exec_params/quote on it; never commit or abort it, and do not
+  // issue COMMIT/ROLLBACK through it.
+  pqxx::transaction_base& tx() { return tx_; }
+  // The record as received (topic, partition, offset, headers).
+  const broker::ReceivedRecord& record() const { return record_; }
+  // 1 on the first attempt of this message.
+  int attempt() const { return attempt_; }
+
+  // An outbound message for Enqueue (a chained step).
+  struct Outbound {
+    std::string topic;
+    std::string key;
+    std::string type;
+    std::string payload;
+    std::string content_type = "application/json";
+    std::map<std::string, std::string> headers;
+    std::string traceparent;  // empty: the incoming message's traceparent is propagated
+  };
+  struct Enqueued {
+    std::string message_id;
+    int64_t seq = 0;
+  };
+  // Writes an outbox row in this transaction (converge.enqueue_message): it is published only if
+  // this message's effect commits. Errors: kInvalidArgument names the field; the handler should
+  // return it (the message is then dead-lettered).
+  Result<Enqueued> Enqueue(const Outbound& message);
+
+ private:
+  friend class Consumer;
+  Context(pqxx::transaction_base& tx, const broker::ReceivedRecord& record,
+          const Message& message, int attempt)
+      : tx_(tx), record_(record), message_(message), attempt_(attempt) {}
+  pqxx::transaction_base& tx_;
+  const broker::ReceivedRecord& record_;
+  const Message& message_;
+  int attempt_;
+};
+
+using Handler = std::function<Status(const Message&, Context&)>;
+// Turns a received record into a Message. kInvalidArgument dead-letters the record
+// (error_code "decode_failed").
+using Decoder = std::function<Result<Message>(const broker::ReceivedRecord&)>;
+
+// The default decoder: CloudEvents Kafka binding (binary and structured mode).
+Result<Message> DecodeRecord(const broker::ReceivedRecord& record);
+
+class Consumer {
+ public:
+  Consumer(ConsumerOptions options, std::unique_ptr<broker::MessageSource> source,
+           const Clock& clock = SystemClock::Instance());
+  ~Consumer();  // Stop()
+  Consumer(const Consumer&) = delete;
+  Consumer& operator=(const Consumer&) = delete;
+
+  // Registers the handler for a CloudEvents type. Before Start()/Init() only.
+  void Handle(std::string type, Handler handler);
+  // Replaces DecodeRecord (e.g. for MQTT sources). Before Start()/Init() only.
+  void SetDecoder(Decoder decoder);
+
+  // Validates the options, connects to PostgreSQL, subscribes and starts the consumer thread.
+  Status Start();
+  // Asks the thread to stop, waits for the current transaction to finish, closes the source
+  // (which revokes the partitions). Idempotent.
+  void Stop();
+
+  // For tests and custom loops, instead of Start(): Init() then RunOnce() repeatedly on one
+  // thread. RunOnce polls, runs at most one batch transaction and returns. Errors only for
+  // conditions that need a person (schema missing); transient ones are retried inside.
+  Status Init();
+  Status RunOnce();
+  // Closes the source (RunOnce loops only; Stop() does this itself).
+  void Close();
+  // Runs inbox pruning now (it also runs every prune_interval); returns the rows deleted.
+  uint64_t PruneNow();
+
+  ConsumerStats stats() const;
+  const std::string& member_id() const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace converge::consumer

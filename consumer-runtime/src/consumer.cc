@@ -1,0 +1,868 @@
+// The consumer runtime's transaction engine. One thread (Start's or the RunOnce caller's) owns
+// the source, the connection and all state below; only stats and the stop flag are shared.
+//
+// One batch = one transaction:
+//   1. fence: SELECT ... FOR UPDATE the offset row of each partition in the batch, requiring
+//      (owner, epoch) to still be ours. A row that is not ours means the partition was taken
+//      over: its records are dropped, never acked. The row lock makes a concurrent takeover
+//      (Claim) wait for this transaction, and the takeover then reads the offset it committed.
+//   2. per record, inside SAVEPOINT: decode, inbox insert (dedupe/conflict), sequence check,
+//      handler. A failing record is rolled back to its savepoint; the others stay.
+//   3. advance each partition's next_offset (forward only) and COMMIT; then Ack the source.
+#include "converge/consumer/consumer.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include <pqxx/pqxx>
+
+#include "converge/common/envelope.h"
+#include "converge/common/log.h"
+#include "converge/common/uuid.h"
+#include "converge/schemas/pg.h"
+#include "sequence.h"
+#include "text.h"
+
+namespace converge::consumer {
+
+using broker::ReceivedRecord;
+using broker::TopicPartition;
+using SteadyTime = std::chrono::steady_clock::time_point;
+
+// ---- Options ----------------------------------------------------------------------------------
+
+Status ConsumerOptions::Validate() const {
+  if (group.empty()) return Status::InvalidArgument("consumer.group must not be empty");
+  if (topics.empty()) return Status::InvalidArgument("consumer.topics must name at least one topic");
+  for (const auto& t : topics)
+    if (t.empty()) return Status::InvalidArgument("consumer.topics must not contain an empty name");
+  if (database_url.empty())
+    return Status::InvalidArgument("consumer.database_url must not be empty");
+  if (max_batch_records < 1)
+    return Status::InvalidArgument("consumer.max_batch_records must be >= 1");
+  if (max_batch_bytes < 1) return Status::InvalidArgument("consumer.max_batch_bytes must be >= 1");
+  if (linger.count() < 0) return Status::InvalidArgument("consumer.linger must be >= 0");
+  if (poll_timeout.count() < 0)
+    return Status::InvalidArgument("consumer.poll_timeout must be >= 0");
+  if (max_attempts < 1) return Status::InvalidArgument("consumer.max_attempts must be >= 1");
+  CONVERGE_RETURN_IF_ERROR(retry_backoff.Validate("consumer.retry_backoff"));
+  CONVERGE_RETURN_IF_ERROR(reconnect_backoff.Validate("consumer.reconnect_backoff"));
+  if (dedupe_window.count() < 0)
+    return Status::InvalidArgument("consumer.dedupe_window must be >= 0");
+  if (prune_interval.count() < 0)
+    return Status::InvalidArgument("consumer.prune_interval must be >= 0");
+  if (prune_batch < 1) return Status::InvalidArgument("consumer.prune_batch must be >= 1");
+  if (transaction_idle_timeout.count() < 0)
+    return Status::InvalidArgument("consumer.transaction_idle_timeout must be >= 0");
+  return Status::Ok();
+}
+
+Result<Message> DecodeRecord(const ReceivedRecord& record) {
+  std::optional<std::string_view> key;
+  if (record.key) key = *record.key;
+  return DecodeKafka(record.topic, key, record.headers, record.payload);
+}
+
+// ---- SQL --------------------------------------------------------------------------------------
+
+namespace {
+
+constexpr const char* kFenceSql =
+    "SELECT next_offset FROM converge.consumer_offsets "
+    "WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND owner = $4 AND epoch = $5 "
+    "FOR UPDATE";
+constexpr const char* kAdvanceSql =
+    "UPDATE converge.consumer_offsets SET next_offset = $6, updated_at = now() "
+    "WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND owner = $4 AND epoch = $5 "
+    "AND next_offset <= $6";
+constexpr const char* kClaimSql =
+    "INSERT INTO converge.consumer_offsets AS o (consumer_group, topic, partition, next_offset, "
+    "owner, epoch) VALUES ($1, $2, $3, 0, $4, 1) "
+    "ON CONFLICT (consumer_group, topic, partition) DO UPDATE "
+    "SET owner = excluded.owner, epoch = o.epoch + 1, updated_at = now() "
+    "RETURNING next_offset, epoch";
+// One round trip: insert the dedupe row, or report whether the existing one has the same hash.
+// The outer SELECT sees the snapshot from before the insert, so `same` is NULL when inserted.
+constexpr const char* kInboxSql =
+    "WITH h AS (SELECT sha256(convert_to($3, 'UTF8') || '\\x00'::bytea || $4::bytea) AS hash), "
+    "ins AS (INSERT INTO converge.inbox (consumer_group, message_id, payload_hash, topic, "
+    "partition, \"offset\") SELECT $1, converge.message_uuid($2), h.hash, $5, $6, $7 FROM h "
+    "ON CONFLICT (consumer_group, message_id) DO NOTHING RETURNING 1) "
+    "SELECT EXISTS (SELECT 1 FROM ins), (SELECT i.payload_hash = h.hash FROM converge.inbox i, h "
+    "WHERE i.consumer_group = $1 AND i.message_id = converge.message_uuid($2))";
+constexpr const char* kSeqGetSql =
+    "SELECT last_seq FROM converge.consumer_key_seq "
+    "WHERE consumer_group = $1 AND topic = $2 AND key = $3 FOR UPDATE";
+constexpr const char* kSeqPutSql =
+    "INSERT INTO converge.consumer_key_seq AS k (consumer_group, topic, key, last_seq) "
+    "VALUES ($1, $2, $3, $4) ON CONFLICT (consumer_group, topic, key) DO UPDATE "
+    "SET last_seq = GREATEST(k.last_seq, excluded.last_seq), updated_at = now()";
+constexpr const char* kDeadLetterSql =
+    "INSERT INTO converge.dead_letters (origin, consumer_group, message_id, topic, key, seq, "
+    "type, source, payload, headers, content_type, traceparent, created_at, partition, "
+    "\"offset\", reason, error_code, attempts) VALUES ('consumer', $1, "
+    "converge.message_uuid($2), $3, $4, $5::bigint, $6, $7, $8::bytea, $9::jsonb, $10, $11, "
+    "to_timestamp($12::double precision), $13, $14, $15, $16, $17)";
+constexpr const char* kPruneSql =
+    "DELETE FROM converge.inbox WHERE ctid = ANY (ARRAY("
+    "SELECT ctid FROM converge.inbox WHERE consumer_group = $1 AND topic = $2 AND partition = $3 "
+    "AND processed_at < now() - make_interval(secs => $4::double precision) AND \"offset\" < $5 "
+    "LIMIT $6))";
+
+constexpr const char* kEnqueueSql =
+    "SELECT message_id::text, seq FROM converge.enqueue_message($1, $2, $3, $4::bytea, "
+    "$5::jsonb, $6, NULL, $7, NULL, NULL)";
+
+enum class Outcome { kApplied, kDuplicate, kConflict, kDeadLettered, kSkipped, kRetryLater };
+
+struct Attempts {
+  int count = 0;
+  std::string last_error;
+};
+
+std::string DefaultMemberId() {
+  char host[256] = {0};
+  if (gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
+  return std::string(host) + ":" + std::to_string(getpid()) + ":" + NewUuidV7().ToString();
+}
+
+std::string SqlInterval(std::chrono::milliseconds d) {
+  return std::to_string(d.count()) + "ms";
+}
+
+// Nullable text parameter: nullptr binds SQL NULL.
+const char* OrNull(const std::string& s, bool present) { return present ? s.c_str() : nullptr; }
+
+}  // namespace
+
+// ---- Context ----------------------------------------------------------------------------------
+
+Result<Context::Enqueued> Context::Enqueue(const Outbound& m) {
+  std::map<std::string, std::string> sorted(m.headers.begin(), m.headers.end());
+  std::vector<std::pair<std::string, std::string>> headers(sorted.begin(), sorted.end());
+  const std::string& traceparent = m.traceparent.empty() ? message_.traceparent : m.traceparent;
+  try {
+    // A nested savepoint keeps a rejected message (class 22: the SQL validation) from aborting
+    // the handler's savepoint, so the handler can still decide what to do.
+    tx_.exec0("SAVEPOINT converge_enqueue");
+    pqxx::result r = tx_.exec_params(kEnqueueSql, m.topic, m.key, m.type,
+                                     pqxx::binarystring(m.payload),
+                                     internal::HeadersJson(headers), m.content_type,
+                                     traceparent.empty() ? nullptr : traceparent.c_str());
+    tx_.exec0("RELEASE SAVEPOINT converge_enqueue");
+    return Enqueued{r[0][0].as<std::string>(), r[0][1].as<int64_t>()};
+  } catch (const std::exception& e) {
+    Status st = pg::StatusFromException(e);
+    try {
+      tx_.exec0("ROLLBACK TO SAVEPOINT converge_enqueue");
+      tx_.exec0("RELEASE SAVEPOINT converge_enqueue");
+    } catch (const std::exception& e2) {
+      return pg::StatusFromException(e2).WithContext("enqueue");
+    }
+    return st.WithContext("enqueue");
+  }
+}
+
+// ---- Impl -------------------------------------------------------------------------------------
+
+class Consumer::Impl final : public broker::AssignmentListener {
+ public:
+  Impl(ConsumerOptions options, std::unique_ptr<broker::MessageSource> source, const Clock& clock)
+      : opts_(std::move(options)),
+        source_(std::move(source)),
+        clock_(clock),
+        retry_backoff_(opts_.retry_backoff),
+        reconnect_backoff_(opts_.reconnect_backoff),
+        log_("consumer", {{"group", opts_.group}}) {
+    member_id_ = opts_.member_id.empty() ? DefaultMemberId() : opts_.member_id;
+  }
+
+  // ---- lifecycle ----
+
+  Status Init() {
+    if (initialized_) return Status::Ok();
+    CONVERGE_RETURN_IF_ERROR(opts_.Validate());
+    if (!source_) return Status::InvalidArgument("consumer: source must not be null");
+    // The first connection must work: a wrong URL or a missing schema is reported, not retried.
+    CONVERGE_RETURN_IF_ERROR(Connect());
+    try {
+      pqxx::nontransaction(*conn_).exec("SELECT 1 FROM converge.consumer_offsets LIMIT 0");
+    } catch (const std::exception& e) {
+      return pg::StatusFromException(e).WithContext("consumer init");
+    }
+    CONVERGE_RETURN_IF_ERROR(source_->Subscribe(opts_.topics, this));
+    next_prune_ = clock_.Monotonic() + opts_.prune_interval;
+    initialized_ = true;
+    log_.Info("consumer started", {{"member", member_id_}});
+    return Status::Ok();
+  }
+
+  Status Start() {
+    std::lock_guard<std::mutex> lock(lifecycle_mu_);
+    if (thread_.joinable()) return Status::FailedPrecondition("consumer already started");
+    CONVERGE_RETURN_IF_ERROR(Init());
+    stop_ = false;
+    thread_ = std::thread([this] {
+      int failures = 0;
+      while (!stop_) {
+        Status st = RunOnce();
+        if (st.ok()) {
+          failures = 0;
+          continue;
+        }
+        ++failures;
+        log_.LogEvery("run_error", std::chrono::seconds(10), Level::kError, "consumer loop error",
+                      {{"error", st.ToString()}});
+        SleepInterruptibly(reconnect_backoff_.Delay(failures));
+      }
+      Close();
+    });
+    return Status::Ok();
+  }
+
+  void Stop() {
+    std::lock_guard<std::mutex> lock(lifecycle_mu_);
+    stop_ = true;
+    cv_.notify_all();
+    if (thread_.joinable()) {
+      thread_.join();
+    } else if (initialized_) {
+      Close();
+    }
+  }
+
+  void Close() {
+    if (closed_ || !source_) return;
+    closed_ = true;
+    source_->Close();
+    log_.Info("consumer stopped", {{"member", member_id_}});
+  }
+
+  // ---- AssignmentListener (called inside Poll, on this thread) ----
+
+  std::map<TopicPartition, int64_t> OnAssigned(const std::vector<TopicPartition>& tps) override {
+    std::map<TopicPartition, int64_t> start;
+    for (const auto& tp : tps) {
+      Part& part = parts_[tp];
+      part = Part{};
+      Status st = Claim(tp, part);
+      if (!st.ok()) {
+        // Not fatal: the loop claims it later and seeks; until then its records are dropped.
+        log_.Warn("partition claim failed; will retry",
+                  {{"topic", tp.topic}, {"partition", tp.partition}, {"error", st.ToString()}});
+        continue;
+      }
+      if (part.next_offset > 0) start[tp] = part.next_offset;
+    }
+    return start;
+  }
+
+  void OnRevoked(const std::vector<TopicPartition>& tps) override {
+    for (const auto& tp : tps) {
+      parts_.erase(tp);
+      std::erase_if(attempts_, [&](const auto& kv) { return kv.first.first == tp; });
+    }
+  }
+
+  // ---- one iteration ----
+
+  Status RunOnce() {
+    if (!initialized_) return Status::FailedPrecondition("consumer: Init() was not called");
+    if (!conn_ && !Reconnect()) return Status::Ok();  // stopping
+    ClaimPending();
+    MaybePrune();
+    CONVERGE_RETURN_IF_ERROR(Fill());
+    std::vector<Slice> batch = TakeBatch();
+    if (batch.empty()) return Status::Ok();
+    RunBatch(batch);
+    return Status::Ok();
+  }
+
+  ConsumerStats stats() const {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    return stats_;
+  }
+
+  const std::string& member_id() const { return member_id_; }
+
+  std::map<std::string, Handler> handlers_;
+  Decoder decoder_ = DecodeRecord;
+
+ private:
+  struct Part {
+    bool claimed = false;
+    int64_t epoch = 0;
+    int64_t next_offset = 0;       // committed (stored) position
+    std::deque<ReceivedRecord> buf;  // polled, not yet committed
+    SteadyTime not_before{};       // retry backoff of the head record
+    SteadyTime next_claim{};       // when an unclaimed partition is tried again
+    int claim_failures = 0;
+  };
+  // The records of one partition in one batch transaction.
+  struct Slice {
+    TopicPartition tp;
+    int64_t epoch = 0;
+    size_t count = 0;       // records of part.buf in this batch
+    size_t settled = 0;     // records whose outcome was committed
+    bool fenced = false;
+  };
+  // Outcome counts of one transaction, merged into stats_ only after COMMIT.
+  struct Tally {
+    uint64_t applied = 0, duplicates = 0, conflicts = 0, dead = 0, unknown = 0, stale = 0,
+             gaps = 0, retries = 0;
+    double handler_seconds = 0;
+  };
+
+  // ---- connection ----
+
+  Status Connect() {
+    CONVERGE_ASSIGN_OR_RETURN(conn_, pg::Connect(opts_.database_url));
+    try {
+      conn_->prepare("converge_fence", kFenceSql);
+      conn_->prepare("converge_advance", kAdvanceSql);
+      conn_->prepare("converge_claim", kClaimSql);
+      conn_->prepare("converge_inbox", kInboxSql);
+      conn_->prepare("converge_seq_get", kSeqGetSql);
+      conn_->prepare("converge_seq_put", kSeqPutSql);
+      conn_->prepare("converge_dead_letter", kDeadLetterSql);
+      conn_->prepare("converge_prune", kPruneSql);
+      pqxx::nontransaction nt(*conn_);
+      nt.exec("SET application_name = " + nt.quote("converge-consumer " + opts_.group));
+      // A member paused inside a transaction (SIGSTOP, GC-like stall) holds its offset rows'
+      // locks; the server ends such a session so the new owner's claim does not wait forever.
+      if (opts_.transaction_idle_timeout.count() > 0)
+        nt.exec("SET idle_in_transaction_session_timeout = " +
+                nt.quote(SqlInterval(opts_.transaction_idle_timeout)));
+    } catch (const std::exception& e) {
+      conn_.reset();
+      return pg::StatusFromException(e);
+    }
+    return Status::Ok();
+  }
+
+  // Reconnects with backoff until it works or Stop() is called. False: stopping.
+  bool Reconnect() {
+    for (int attempt = 1; !stop_; ++attempt) {
+      Status st = Connect();
+      if (st.ok()) return true;
+      log_.LogEvery("reconnect", std::chrono::seconds(10), Level::kWarn,
+                    "PostgreSQL unreachable, retrying", {{"error", st.ToString()}});
+      SleepInterruptibly(reconnect_backoff_.Delay(attempt));
+    }
+    return false;
+  }
+
+  void SleepInterruptibly(std::chrono::milliseconds d) {
+    std::unique_lock<std::mutex> lock(cv_mu_);
+    cv_.wait_for(lock, d, [this] { return stop_.load(); });
+  }
+
+  // ---- ownership ----
+
+  // Takes the partition's offset row: owner = me, epoch + 1. From now on a commit of the
+  // previous owner is refused by the fence.
+  Status Claim(const TopicPartition& tp, Part& part) {
+    if (!conn_) CONVERGE_RETURN_IF_ERROR(Connect());
+    try {
+      pqxx::work tx(*conn_);
+      // A previous owner paused inside its transaction holds the row lock; do not block the
+      // source's Poll for long (the loop retries the claim).
+      tx.exec0("SET LOCAL lock_timeout = '2s'");
+      pqxx::row r = tx.exec_prepared1("converge_claim", opts_.group, tp.topic, tp.partition,
+                                      member_id_);
+      tx.commit();
+      part.next_offset = r[0].as<int64_t>();
+      part.epoch = r[1].as<int64_t>();
+      part.claimed = true;
+      part.claim_failures = 0;
+      log_.Info("partition claimed", {{"topic", tp.topic}, {"partition", tp.partition},
+                                      {"epoch", part.epoch}, {"next_offset", part.next_offset}});
+      return Status::Ok();
+    } catch (const std::exception& e) {
+      Status st = pg::StatusFromException(e);
+      if (!conn_->is_open()) conn_.reset();
+      ++part.claim_failures;
+      part.next_claim = clock_.Monotonic() + reconnect_backoff_.Delay(part.claim_failures);
+      return st;
+    }
+  }
+
+  void ClaimPending() {
+    const SteadyTime now = clock_.Monotonic();
+    for (auto& [tp, part] : parts_) {
+      if (part.claimed || now < part.next_claim) continue;
+      if (Claim(tp, part).ok()) {
+        part.buf.clear();
+        Status st = source_->Seek(tp, part.next_offset);
+        if (!st.ok())
+          log_.Warn("seek after claim failed", {{"topic", tp.topic}, {"error", st.ToString()}});
+      }
+    }
+  }
+
+  // ---- polling and batching ----
+
+  size_t Buffered() const {
+    size_t n = 0;
+    for (const auto& [tp, part] : parts_) n += part.buf.size();
+    return n;
+  }
+
+  // True when some partition has a record that may run now.
+  bool HasReady(SteadyTime now) const {
+    for (const auto& [tp, part] : parts_)
+      if (!part.buf.empty() && now >= part.not_before) return true;
+    return false;
+  }
+
+  void Route(std::vector<ReceivedRecord>& records) {
+    for (auto& rec : records) {
+      auto it = parts_.find(TopicPartition{rec.topic, rec.partition});
+      if (it == parts_.end() || !it->second.claimed) continue;  // not ours (yet): drop
+      Part& part = it->second;
+      if (rec.offset < part.next_offset) continue;                         // committed already
+      if (!part.buf.empty() && rec.offset <= part.buf.back().offset) continue;  // redelivered
+      part.buf.push_back(std::move(rec));
+    }
+  }
+
+  Status Fill() {
+    // Bound memory when a partition is held in backoff: stop polling, the source keeps the rest.
+    const size_t cap = opts_.max_batch_records * 4;
+    SteadyTime now = clock_.Monotonic();
+    if (Buffered() >= cap) {
+      if (!HasReady(now)) SleepInterruptibly(std::chrono::milliseconds(10));
+      return Status::Ok();
+    }
+    auto timeout = opts_.poll_timeout;
+    if (HasReady(now)) {
+      timeout = std::chrono::milliseconds(0);
+    } else {
+      for (const auto& [tp, part] : parts_)
+        if (!part.buf.empty())
+          timeout = std::min(timeout, std::chrono::ceil<std::chrono::milliseconds>(
+                                          std::max(part.not_before - now, SteadyTime::duration(0))));
+    }
+    auto polled = source_->Poll(cap - Buffered(), timeout);
+    if (!polled.ok()) {
+      // kUnavailable: the broker is unreachable; the source reconnects by itself.
+      log_.LogEvery("poll", std::chrono::seconds(10), Level::kWarn, "poll failed",
+                    {{"error", polled.status().ToString()}});
+      return Status::Ok();
+    }
+    Route(*polled);
+    // A busy stream: keep taking what is already available, up to the batch size or linger.
+    // A quiet stream: the first empty non-blocking poll ends the batch (no added latency).
+    const SteadyTime linger_end = clock_.Monotonic() + opts_.linger;
+    while (!stop_ && Buffered() < cap && clock_.Monotonic() < linger_end) {
+      size_t ready = 0;
+      now = clock_.Monotonic();
+      for (const auto& [tp, part] : parts_)
+        if (now >= part.not_before) ready += part.buf.size();
+      if (ready >= opts_.max_batch_records || ready == 0) break;
+      auto more = source_->Poll(std::min(cap - Buffered(), opts_.max_batch_records - ready),
+                                std::chrono::milliseconds(0));
+      if (!more.ok() || more->empty()) break;
+      Route(*more);
+    }
+    return Status::Ok();
+  }
+
+  std::vector<Slice> TakeBatch() {
+    std::vector<Slice> batch;
+    const SteadyTime now = clock_.Monotonic();
+    size_t records = 0, bytes = 0;
+    for (auto& [tp, part] : parts_) {
+      if (part.buf.empty() || now < part.not_before || !part.claimed) continue;
+      Slice s{tp, part.epoch};
+      for (const auto& rec : part.buf) {
+        if (records >= opts_.max_batch_records) break;
+        if (records > 0 && bytes + rec.payload.size() > opts_.max_batch_bytes) break;
+        ++records;
+        bytes += rec.payload.size();
+        ++s.count;
+      }
+      if (s.count > 0) batch.push_back(std::move(s));
+      if (records >= opts_.max_batch_records) break;
+    }
+    return batch;
+  }
+
+  // ---- the batch transaction ----
+
+  void RunBatch(std::vector<Slice>& batch) {
+    for (int tx_attempt = 1;; ++tx_attempt) {
+      if (!conn_ && !Reconnect()) return;  // stopping: nothing committed, nothing acked
+      for (auto& s : batch) s.settled = 0, s.fenced = false;
+      Tally tally;
+      inflight_ = nullptr;
+      try {
+        // libpqxx 6 aborts a pqxx::work on any failed statement (savepoints would be useless)
+        // and runs exec_prepared outside a subtransaction's SAVEPOINT, so the runtime drives the
+        // transaction itself: BEGIN, SAVEPOINT per record, COMMIT.
+        pqxx::nontransaction tx(*conn_);
+        tx.exec0("BEGIN");
+        for (auto& s : batch) {
+          pqxx::result r = tx.exec_prepared("converge_fence", opts_.group, s.tp.topic,
+                                            s.tp.partition, member_id_, s.epoch);
+          if (r.empty()) {
+            s.fenced = true;
+            continue;
+          }
+          // After a commit whose outcome was unknown: skip what that commit already recorded.
+          const int64_t stored = r[0][0].as<int64_t>();
+          Part& part = parts_.at(s.tp);
+          part.next_offset = std::max(part.next_offset, stored);
+          for (size_t i = 0; i < s.count; ++i) {
+            const ReceivedRecord& rec = part.buf[i];
+            if (rec.offset < stored) {
+              s.settled = i + 1;
+              continue;
+            }
+            inflight_ = &rec;
+            Outcome out = ProcessRecord(tx, s.tp, part, rec, tally);
+            inflight_ = nullptr;
+            if (out == Outcome::kRetryLater) break;
+            s.settled = i + 1;
+          }
+        }
+        for (auto& s : batch) {
+          if (s.fenced || s.settled == 0) continue;
+          const int64_t end = parts_.at(s.tp).buf[s.settled - 1].offset + 1;
+          pqxx::result r = tx.exec_prepared("converge_advance", opts_.group, s.tp.topic,
+                                            s.tp.partition, member_id_, s.epoch, end);
+          // The fence row lock makes this impossible; a bug if it happens.
+          if (r.affected_rows() != 1)
+            throw std::logic_error("consumer: fenced offset row changed inside the transaction");
+        }
+        tx.exec0("COMMIT");
+      } catch (const std::exception& e) {
+        Status st = pg::StatusFromException(e);
+        // An error from COMMIT itself leaves the outcome unknown; the re-run's fence reads the
+        // stored offset and skips whatever did commit.
+        try {
+          if (conn_ && conn_->is_open()) pqxx::nontransaction(*conn_).exec0("ROLLBACK");
+        } catch (const std::exception&) {
+          conn_.reset();
+        }
+        {
+          std::lock_guard<std::mutex> lock(stats_mu_);
+          ++stats_.transaction_failures;
+        }
+        // A record that breaks the whole transaction (aborted, or a bug) is charged an attempt
+        // so it is eventually dead-lettered; a lost connection is nobody's fault.
+        if (inflight_ != nullptr && st.code() != StatusCode::kUnavailable &&
+            st.code() != StatusCode::kDeadlineExceeded) {
+          Attempts& a = attempts_[{TopicPartition{inflight_->topic, inflight_->partition},
+                                   inflight_->offset}];
+          ++a.count;
+          a.last_error = st.ToString();
+        }
+        inflight_ = nullptr;
+        log_.LogEvery("tx_failed", std::chrono::seconds(5), Level::kWarn,
+                      "batch transaction failed; re-running", {{"error", st.ToString()},
+                                                               {"attempt", tx_attempt}});
+        if (conn_ && !conn_->is_open()) conn_.reset();
+        if (st.code() == StatusCode::kUnavailable || st.code() == StatusCode::kDeadlineExceeded)
+          conn_.reset();
+        if (stop_) return;
+        SleepInterruptibly(reconnect_backoff_.Delay(std::min(tx_attempt, 10)));
+        continue;
+      }
+      Committed(batch, tally);
+      return;
+    }
+  }
+
+  void Committed(std::vector<Slice>& batch, const Tally& tally) {
+    std::vector<ReceivedRecord> acked;
+    uint64_t settled_total = 0;
+    uint64_t fenced = 0;
+    for (auto& s : batch) {
+      auto it = parts_.find(s.tp);
+      if (s.fenced) {
+        ++fenced;
+        log_.Warn("partition taken over by another member; dropping its records",
+                  {{"topic", s.tp.topic}, {"partition", s.tp.partition}, {"epoch", s.epoch}});
+        OnRevoked({s.tp});
+        continue;
+      }
+      Part& part = it->second;
+      for (size_t i = 0; i < s.settled; ++i) {
+        attempts_.erase({s.tp, part.buf.front().offset});
+        part.next_offset = part.buf.front().offset + 1;
+        acked.push_back(std::move(part.buf.front()));
+        part.buf.pop_front();
+      }
+      settled_total += s.settled;
+    }
+    {
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      ++stats_.transactions;
+      stats_.consumed += settled_total;
+      stats_.applied += tally.applied;
+      stats_.duplicates_skipped += tally.duplicates;
+      stats_.conflicts += tally.conflicts;
+      stats_.dead_letters += tally.dead;
+      stats_.unknown_type_skipped += tally.unknown;
+      stats_.stale_skipped += tally.stale;
+      stats_.sequence_gaps += tally.gaps;
+      stats_.retries += tally.retries;
+      stats_.fenced += fenced;
+      stats_.handler_seconds_total += tally.handler_seconds;
+      stats_.last_batch_size = settled_total;
+      stats_.max_batch_size = std::max(stats_.max_batch_size, settled_total);
+      stats_.lag = static_cast<int64_t>(Buffered());
+    }
+    if (!acked.empty()) source_->Ack(acked);
+  }
+
+  // Each record runs inside SAVEPOINT converge_rec; a failure rolls back to it, so the dead
+  // letter and the other records of the batch stay in the transaction.
+  Outcome ProcessRecord(pqxx::nontransaction& tx, const TopicPartition& tp, Part& part,
+                        const ReceivedRecord& rec, Tally& tally) {
+    Attempts& at = attempts_[{tp, rec.offset}];
+    Result<Message> msg = decoder_(rec);
+    if (!msg.ok()) {
+      DeadLetter(tx, rec, nullptr, "decode_failed", msg.status().message(), at.count + 1);
+      ++tally.dead;
+      return Outcome::kDeadLettered;
+    }
+    tx.exec0("SAVEPOINT converge_rec");
+    pqxx::row r = tx.exec_prepared1("converge_inbox", opts_.group, msg->id, msg->type,
+                                    pqxx::binarystring(msg->payload), rec.topic, rec.partition,
+                                    rec.offset);
+    if (!r[0].as<bool>()) {
+      tx.exec0("RELEASE SAVEPOINT converge_rec");
+      if (!r[1].is_null() && r[1].as<bool>()) {
+        ++tally.duplicates;
+        return Outcome::kDuplicate;
+      }
+      DeadLetter(tx, rec, &*msg, "payload_conflict",
+                 "message id " + msg->id +
+                     " was processed before with a different type or payload (payload hash)",
+                 at.count + 1);
+      ++tally.conflicts;
+      ++tally.dead;
+      return Outcome::kConflict;
+    }
+    auto handler = handlers_.find(msg->type);
+    if (handler == handlers_.end()) {
+      if (opts_.unknown_type == UnknownTypePolicy::kSkip) {
+        ++tally.unknown;
+      } else {
+        DeadLetter(tx, rec, &*msg, "unknown_type",
+                   "no handler is registered for type \"" + msg->type + "\"", at.count + 1);
+        ++tally.dead;
+      }
+      tx.exec0("RELEASE SAVEPOINT converge_rec");
+      return opts_.unknown_type == UnknownTypePolicy::kSkip ? Outcome::kSkipped
+                                                            : Outcome::kDeadLettered;
+    }
+    if (at.count >= opts_.max_attempts) {
+      DeadLetter(tx, rec, &*msg, "retries_exhausted", at.last_error, at.count);
+      tx.exec0("RELEASE SAVEPOINT converge_rec");
+      ++tally.dead;
+      return Outcome::kDeadLettered;
+    }
+    const bool check_seq = msg->sequence > 0 && !msg->subject.empty();
+    if (check_seq) {
+      pqxx::result s = tx.exec_prepared("converge_seq_get", opts_.group, rec.topic, msg->subject);
+      std::optional<int64_t> last;
+      if (!s.empty()) last = s[0][0].as<int64_t>();
+      switch (internal::DecideSequence(opts_.sequence_policy, last, msg->sequence,
+                                       at.count + 1 >= opts_.max_attempts)) {
+        case internal::SeqVerdict::kInOrder:
+          break;
+        case internal::SeqVerdict::kStaleApply:
+          log_.LogEvery("stale", std::chrono::seconds(10), Level::kWarn,
+                        "stale sequence applied (policy apply)",
+                        {{"key", msg->subject}, {"seq", msg->sequence}, {"last", *last}});
+          break;
+        case internal::SeqVerdict::kStaleSkip:
+          tx.exec0("RELEASE SAVEPOINT converge_rec");
+          log_.LogEvery("stale", std::chrono::seconds(10), Level::kWarn, "stale sequence skipped",
+                        {{"key", msg->subject}, {"seq", msg->sequence}, {"last", *last}});
+          ++tally.stale;
+          return Outcome::kSkipped;
+        case internal::SeqVerdict::kGapHold:
+          tx.exec0("ROLLBACK TO SAVEPOINT converge_rec");
+          tx.exec0("RELEASE SAVEPOINT converge_rec");
+          ++at.count;
+          at.last_error = "sequence gap: key " + msg->subject + " expected " +
+                          std::to_string(*last + 1) + ", got " + std::to_string(msg->sequence);
+          part.not_before = clock_.Monotonic() + retry_backoff_.Delay(at.count);
+          ++tally.retries;
+          return Outcome::kRetryLater;
+        case internal::SeqVerdict::kGapApply:
+          ++tally.gaps;
+          log_.LogEvery("gap", std::chrono::seconds(10), Level::kWarn, "sequence gap",
+                        {{"key", msg->subject}, {"seq", msg->sequence}, {"last", *last}});
+          break;
+      }
+    }
+    Context ctx(tx, rec, *msg, at.count + 1);
+    Status st;
+    const SteadyTime t0 = std::chrono::steady_clock::now();
+    try {
+      st = handler->second(*msg, ctx);
+    } catch (const std::exception& e) {
+      st = pg::StatusFromException(e);
+    } catch (...) {
+      st = Status::Internal("handler threw a non-standard exception");
+    }
+    tally.handler_seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (st.ok()) {
+      // If the handler swallowed an SQL error and still returned OK, these statements fail and
+      // the whole batch is re-run (the record is charged an attempt).
+      if (check_seq)
+        tx.exec_prepared0("converge_seq_put", opts_.group, rec.topic, msg->subject,
+                          msg->sequence);
+      tx.exec0("RELEASE SAVEPOINT converge_rec");
+      ++tally.applied;
+      return Outcome::kApplied;
+    }
+    // Undo only this message's writes (and its inbox row); the batch's other work stays.
+    tx.exec0("ROLLBACK TO SAVEPOINT converge_rec");
+    tx.exec0("RELEASE SAVEPOINT converge_rec");
+    ++at.count;
+    at.last_error = st.ToString();
+    if (st.IsRetriable() && at.count < opts_.max_attempts) {
+      part.not_before = clock_.Monotonic() + retry_backoff_.Delay(at.count);
+      ++tally.retries;
+      return Outcome::kRetryLater;
+    }
+    // Re-record the inbox row so a redelivered copy is a duplicate, not a second dead letter.
+    tx.exec_prepared("converge_inbox", opts_.group, msg->id, msg->type,
+                     pqxx::binarystring(msg->payload), rec.topic, rec.partition, rec.offset);
+    DeadLetter(tx, rec, &*msg, st.IsRetriable() ? "retries_exhausted" : "handler_failed",
+               st.ToString(), at.count);
+    ++tally.dead;
+    return Outcome::kDeadLettered;
+  }
+
+  // Writes a dead letter with the record exactly as received (value and headers), so that a
+  // replay can reproduce it, plus what could be decoded.
+  void DeadLetter(pqxx::transaction_base& tx, const ReceivedRecord& rec, const Message* msg,
+                  const std::string& code, const std::string& reason, int attempts) {
+    const bool m = msg != nullptr;
+    const std::string key = internal::SafeText(m ? msg->subject : rec.key.value_or(""));
+    const std::string seq = m && msg->sequence > 0 ? std::to_string(msg->sequence) : "";
+    const std::string created =
+        m && msg->time != std::chrono::system_clock::time_point{}
+            ? std::to_string(std::chrono::duration<double>(msg->time.time_since_epoch()).count())
+            : "";
+    const std::string id = m ? internal::SafeText(msg->id) : "";
+    const std::string type = m ? internal::SafeText(msg->type) : "";
+    const std::string source = m ? internal::SafeText(msg->source) : "";
+    const std::string ctype = m ? internal::SafeText(msg->datacontenttype) : "";
+    const std::string tp = m ? internal::SafeText(msg->traceparent) : "";
+    tx.exec_prepared0("converge_dead_letter", opts_.group, OrNull(id, m), rec.topic,
+                      OrNull(key, !key.empty()), OrNull(seq, !seq.empty()), OrNull(type, m),
+                      OrNull(source, m), pqxx::binarystring(rec.payload),
+                      internal::HeadersJson(rec.headers), OrNull(ctype, m && !ctype.empty()),
+                      OrNull(tp, m && !tp.empty()), OrNull(created, !created.empty()),
+                      rec.partition, rec.offset, internal::SafeText(reason), code,
+                      std::max(attempts, 1));
+    log_.LogEvery("dead_letter", std::chrono::seconds(1), Level::kWarn, "message dead-lettered",
+                  {{"topic", rec.topic}, {"partition", rec.partition}, {"offset", rec.offset},
+                   {"error_code", code}, {"reason", reason}});
+  }
+
+  // ---- pruning ----
+
+  void MaybePrune() {
+    if (opts_.prune_interval.count() == 0 || clock_.Monotonic() < next_prune_) return;
+    next_prune_ = clock_.Monotonic() + opts_.prune_interval;
+    PruneNow();
+  }
+
+ public:
+  // Deletes inbox rows of the owned partitions that are older than the dedupe window and below
+  // the committed offset, prune_batch rows per statement (each its own short transaction).
+  uint64_t PruneNow() {
+    uint64_t total = 0;
+    if (!conn_) return 0;
+    const double window = static_cast<double>(opts_.dedupe_window.count());
+    try {
+      for (const auto& [tp, part] : parts_) {
+        if (!part.claimed) continue;
+        for (int round = 0; round < 100 && !stop_; ++round) {
+          pqxx::work tx(*conn_);
+          pqxx::result r = tx.exec_prepared("converge_prune", opts_.group, tp.topic,
+                                            tp.partition, window, part.next_offset,
+                                            opts_.prune_batch);
+          tx.commit();
+          total += r.affected_rows();
+          if (r.affected_rows() < static_cast<size_t>(opts_.prune_batch)) break;
+        }
+      }
+    } catch (const std::exception& e) {
+      log_.LogEvery("prune", std::chrono::seconds(60), Level::kWarn, "inbox prune failed",
+                    {{"error", pg::StatusFromException(e).ToString()}});
+      if (!conn_->is_open()) conn_.reset();
+    }
+    if (total > 0) {
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      stats_.pruned += total;
+    }
+    return total;
+  }
+
+ private:
+  ConsumerOptions opts_;
+  std::unique_ptr<broker::MessageSource> source_;
+  const Clock& clock_;
+  std::string member_id_;
+  Backoff retry_backoff_;
+  Backoff reconnect_backoff_;
+  Logger log_;
+
+  std::unique_ptr<pqxx::connection> conn_;
+  std::map<TopicPartition, Part> parts_;
+  std::map<std::pair<TopicPartition, int64_t>, Attempts> attempts_;
+  const ReceivedRecord* inflight_ = nullptr;
+  SteadyTime next_prune_{};
+  bool initialized_ = false;
+  bool closed_ = false;
+
+  mutable std::mutex stats_mu_;
+  ConsumerStats stats_;  // guarded by stats_mu_
+
+  std::mutex lifecycle_mu_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::mutex cv_mu_;
+  std::condition_variable cv_;
+
+  friend class Consumer;
+};
+
+// ---- Consumer ---------------------------------------------------------------------------------
+
+Consumer::Consumer(ConsumerOptions options, std::unique_ptr<broker::MessageSource> source,
+                   const Clock& clock)
+    : impl_(std::make_unique<Impl>(std::move(options), std::move(source), clock)) {}
+
+Consumer::~Consumer() { Stop(); }
+
+void Consumer::Handle(std::string type, Handler handler) {
+  impl_->handlers_[std::move(type)] = std::move(handler);
+}
+void Consumer::SetDecoder(Decoder decoder) { impl_->decoder_ = std::move(decoder); }
+Status Consumer::Start() { return impl_->Start(); }
+void Consumer::Stop() { impl_->Stop(); }
+Status Consumer::Init() { return impl_->Init(); }
+Status Consumer::RunOnce() { return impl_->RunOnce(); }
+void Consumer::Close() { impl_->Close(); }
+uint64_t Consumer::PruneNow() { return impl_->PruneNow(); }
+ConsumerStats Consumer::stats() const { return impl_->stats(); }
+const std::string& Consumer::member_id() const { return impl_->member_id(); }
+
+}  // namespace converge::consumer
