@@ -189,12 +189,18 @@ std::string ExpectedText(const KeySpec& k) {
     }
   }
   switch (k.type) {
-    case ConfigType::kString: return "a string";
-    case ConfigType::kInt: return "an integer" + range;
-    case ConfigType::kDuration: return "a duration like 500ms, 5s, 2m" + range;
-    case ConfigType::kBool: return "true or false";
-    case ConfigType::kEnum: return "one of " + Join(k.enum_values, ", ");
-    case ConfigType::kBytes: return "a size like 1048576, 64KiB, 1MiB" + range;
+    case ConfigType::kString:
+      return "a string";
+    case ConfigType::kInt:
+      return "an integer" + range;
+    case ConfigType::kDuration:
+      return "a duration like 500ms, 5s, 2m" + range;
+    case ConfigType::kBool:
+      return "true or false";
+    case ConfigType::kEnum:
+      return "one of " + Join(k.enum_values, ", ");
+    case ConfigType::kBytes:
+      return "a size like 1048576, 64KiB, 1MiB" + range;
   }
   return "a value";
 }
@@ -214,12 +220,18 @@ std::string TypeLabel(const KeySpec& k) {
     }
   }
   switch (k.type) {
-    case ConfigType::kString: return "string";
-    case ConfigType::kInt: return "int" + range;
-    case ConfigType::kDuration: return "duration" + range;
-    case ConfigType::kBool: return "bool";
-    case ConfigType::kEnum: return Join(k.enum_values, "|");
-    case ConfigType::kBytes: return "bytes" + range;
+    case ConfigType::kString:
+      return "string";
+    case ConfigType::kInt:
+      return "int" + range;
+    case ConfigType::kDuration:
+      return "duration" + range;
+    case ConfigType::kBool:
+      return "bool";
+    case ConfigType::kEnum:
+      return Join(k.enum_values, "|");
+    case ConfigType::kBytes:
+      return "bytes" + range;
   }
   return "value";
 }
@@ -228,9 +240,7 @@ std::string TypeLabel(const KeySpec& k) {
 // key, the value and the source).
 Result<std::pair<Value, std::string>> ParseTyped(const KeySpec& k, std::string_view text) {
   const auto bad = [&]() { return Status::InvalidArgument("expected " + ExpectedText(k)); };
-  const auto in_range = [&](int64_t v) {
-    return !(k.min && v < *k.min) && !(k.max && v > *k.max);
-  };
+  const auto in_range = [&](int64_t v) { return !(k.min && v < *k.min) && !(k.max && v > *k.max); };
   switch (k.type) {
     case ConfigType::kString:
       return std::pair<Value, std::string>{std::string(text), std::string(text)};
@@ -285,12 +295,17 @@ const PassThroughSpec* MatchPassThrough(const std::vector<PassThroughSpec>& spec
 
 Value ZeroValue(ConfigType type) {
   switch (type) {
-    case ConfigType::kInt: return int64_t{0};
-    case ConfigType::kDuration: return std::chrono::milliseconds(0);
-    case ConfigType::kBool: return false;
-    case ConfigType::kBytes: return uint64_t{0};
+    case ConfigType::kInt:
+      return int64_t{0};
+    case ConfigType::kDuration:
+      return std::chrono::milliseconds(0);
+    case ConfigType::kBool:
+      return false;
+    case ConfigType::kBytes:
+      return uint64_t{0};
     case ConfigType::kString:
-    case ConfigType::kEnum: break;
+    case ConfigType::kEnum:
+      break;
   }
   return std::string();
 }
@@ -331,12 +346,23 @@ std::string FileValue(std::string_view v) {
   std::string out = "\"";
   for (char c : v) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default: out.push_back(c);
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        out.push_back(c);
     }
   }
   out += "\"";
@@ -427,9 +453,10 @@ Result<std::chrono::milliseconds> ParseDuration(std::string_view text) {
   };
   if (t == "0") return std::chrono::milliseconds(0);
   if (t.empty()) return bad();
-  static constexpr std::pair<std::string_view, int64_t> kUnits[] = {
-      {"ms", kNsPerMs}, {"s", 1000 * kNsPerMs}, {"m", 60'000 * kNsPerMs},
-      {"h", 3'600'000 * kNsPerMs}};
+  static constexpr std::pair<std::string_view, int64_t> kUnits[] = {{"ms", kNsPerMs},
+                                                                    {"s", 1000 * kNsPerMs},
+                                                                    {"m", 60'000 * kNsPerMs},
+                                                                    {"h", 3'600'000 * kNsPerMs}};
   unsigned __int128 total_ns = 0;
   size_t i = 0;
   while (i < t.size()) {
@@ -459,17 +486,16 @@ Result<uint64_t> ParseBytes(std::string_view text) {
   const auto bad = [&]() {
     return Status::InvalidArgument("expected a size like 1048576, 64KiB, 1MiB, 10MB");
   };
-  static constexpr std::pair<std::string_view, int64_t> kUnits[] = {
-      {"", 1},
-      {"b", 1},
-      {"kb", 1000},
-      {"kib", 1LL << 10},
-      {"mb", 1000'000},
-      {"mib", 1LL << 20},
-      {"gb", 1000'000'000},
-      {"gib", 1LL << 30},
-      {"tb", 1000'000'000'000},
-      {"tib", 1LL << 40}};
+  static constexpr std::pair<std::string_view, int64_t> kUnits[] = {{"", 1},
+                                                                    {"b", 1},
+                                                                    {"kb", 1000},
+                                                                    {"kib", 1LL << 10},
+                                                                    {"mb", 1000'000},
+                                                                    {"mib", 1LL << 20},
+                                                                    {"gb", 1000'000'000},
+                                                                    {"gib", 1LL << 30},
+                                                                    {"tb", 1000'000'000'000},
+                                                                    {"tib", 1LL << 40}};
   size_t i = 0;
   Decimal d;
   if (!ParseDecimal(t, &i, &d)) return bad();
@@ -582,12 +608,23 @@ Result<std::vector<ConfigFileEntry>> ParseConfigText(std::string_view text,
         }
         if (++i >= v.size()) break;
         switch (v[i]) {
-          case '"': value.push_back('"'); break;
-          case '\\': value.push_back('\\'); break;
-          case 'n': value.push_back('\n'); break;
-          case 'r': value.push_back('\r'); break;
-          case 't': value.push_back('\t'); break;
-          default: return err("invalid escape in quoted value of key " + Quoted(full));
+          case '"':
+            value.push_back('"');
+            break;
+          case '\\':
+            value.push_back('\\');
+            break;
+          case 'n':
+            value.push_back('\n');
+            break;
+          case 'r':
+            value.push_back('\r');
+            break;
+          case 't':
+            value.push_back('\t');
+            break;
+          default:
+            return err("invalid escape in quoted value of key " + Quoted(full));
         }
       }
       if (!closed) return err("unterminated quoted value of key " + Quoted(full));
@@ -677,8 +714,7 @@ KeyBuilder<std::chrono::milliseconds> ConfigSchema::Duration(
                         std::move(description), {})};
 }
 
-KeyBuilder<bool> ConfigSchema::Bool(std::string name, bool default_value,
-                                    std::string description) {
+KeyBuilder<bool> ConfigSchema::Bool(std::string name, bool default_value, std::string description) {
   return {this, Declare(std::move(name), ConfigType::kBool, default_value ? "true" : "false",
                         std::move(description), {})};
 }
@@ -714,8 +750,8 @@ void ConfigSchema::ConfigFileEnv(std::string variable) {
 
 void ConfigSchema::SetEnv(size_t index, std::string variable) {
   if (!IsValidEnvName(variable)) {
-    impl_->declaration_errors.push_back("invalid env var name " + Quoted(variable) +
-                                        " for key " + Quoted(impl_->keys[index].name));
+    impl_->declaration_errors.push_back("invalid env var name " + Quoted(variable) + " for key " +
+                                        Quoted(impl_->keys[index].name));
   }
   impl_->keys[index].env = std::move(variable);
 }
@@ -784,8 +820,8 @@ Result<Config> ConfigSchema::Load(const ConfigInputs& inputs) const {
       auto parsed = ParseTyped(k, value);
       if (!parsed.ok()) {
         errors.push_back(k.name + ": invalid value " +
-                         (k.secret ? std::string("(redacted)") : "\"" + Redact(value) + "\"") + " from " +
-                         source + ": " + parsed.status().message());
+                         (k.secret ? std::string("(redacted)") : "\"" + Redact(value) + "\"") +
+                         " from " + source + ": " + parsed.status().message());
         return;
       }
       Entry& e = c.entries[it->second];
@@ -889,8 +925,7 @@ Result<Config> ConfigSchema::Load(const ConfigInputs& inputs) const {
     std::ifstream in(path, std::ios::binary);
     if (!in) {
       if (must_exist) {
-        errors.push_back("cannot read config file " + Quoted(path) + ": " +
-                         std::strerror(errno));
+        errors.push_back("cannot read config file " + Quoted(path) + ": " + std::strerror(errno));
       }
     } else {
       std::ostringstream buf;
@@ -918,8 +953,8 @@ Result<Config> ConfigSchema::Load(const ConfigInputs& inputs) const {
     if (k.required && !c.entries[i].set) {
       std::string how = "the config file";
       if (!k.env.empty()) how += ", env " + k.env;
-      errors.push_back("missing required key " + Quoted(k.name) + " (set it in " + how +
-                       " or --" + k.name + ")");
+      errors.push_back("missing required key " + Quoted(k.name) + " (set it in " + how + " or --" +
+                       k.name + ")");
     }
   }
 
@@ -940,8 +975,9 @@ std::string ConfigSchema::HelpText() const {
   out += "\nGeneral:\n";
   out += "  --help, -h\n      Print this help and exit.\n";
   out += "  --version\n      Print the version and exit.\n";
-  out += "  --check-config\n      Validate the configuration, print the effective values "
-         "(secrets redacted) and exit.\n";
+  out +=
+      "  --check-config\n      Validate the configuration, print the effective values "
+      "(secrets redacted) and exit.\n";
   out += "  --config=<path>\n      Config file";
   if (!s.config_file_env.empty()) out += ".   env: " + s.config_file_env;
   out += "\n";
@@ -1009,14 +1045,14 @@ namespace {
 }
 }  // namespace
 
-#define CONVERGE_CONFIG_ACCESSOR(Name, T)                                          \
-  const T& Config::Name(size_t index, const std::string& name) const {             \
+#define CONVERGE_CONFIG_ACCESSOR(Name, T)                                              \
+  const T& Config::Name(size_t index, const std::string& name) const {                 \
     if (!impl_ || index >= impl_->entries.size() || impl_->keys[index].name != name) { \
-      KeyMismatch(name);                                                           \
-    }                                                                              \
-    const T* v = std::get_if<T>(&impl_->entries[index].value);                     \
-    if (!v) KeyMismatch(name);                                                     \
-    return *v;                                                                     \
+      KeyMismatch(name);                                                               \
+    }                                                                                  \
+    const T* v = std::get_if<T>(&impl_->entries[index].value);                         \
+    if (!v) KeyMismatch(name);                                                         \
+    return *v;                                                                         \
   }
 CONVERGE_CONFIG_ACCESSOR(StringAt, std::string)
 CONVERGE_CONFIG_ACCESSOR(IntAt, int64_t)
@@ -1084,8 +1120,8 @@ std::string Config::DumpEffective() const {
     const KeySpec& k = impl_->keys[i];
     const Entry& e = impl_->entries[i];
     const bool hide = k.secret && !e.text.empty();
-    out += k.name + " = " + (hide ? std::string("***") : FileValue(Redact(e.text))) + "  # " + e.source +
-           "\n";
+    out += k.name + " = " + (hide ? std::string("***") : FileValue(Redact(e.text))) + "  # " +
+           e.source + "\n";
   }
   for (const auto& [key, v] : impl_->pass) {
     const bool hide = IsSecretKey(key);

@@ -205,24 +205,25 @@ void MetricsServer::Stop() {
 uint16_t MetricsServer::port() const { return impl_->port.load(); }
 
 void Heartbeat::Beat() {
-  last_beat_ns_.store(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                          clock_.Monotonic().time_since_epoch())
-                          .count(),
-                      std::memory_order_relaxed);
+  last_beat_ns_.store(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(clock_.Monotonic().time_since_epoch())
+          .count(),
+      std::memory_order_relaxed);
 }
 
 Status Heartbeat::Check() const {
   const int64_t last = last_beat_ns_.load(std::memory_order_relaxed);
   if (last < 0) return Status::Ok();
-  const auto now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-      clock_.Monotonic().time_since_epoch());
+  const auto now =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(clock_.Monotonic().time_since_epoch());
   const auto silence = now - std::chrono::nanoseconds(last);
   if (silence > max_silence_) {
     return Status::Unavailable(
         "no heartbeat for " +
         std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(silence).count()) +
         "ms (limit " +
-        std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(max_silence_).count()) +
+        std::to_string(
+            std::chrono::duration_cast<std::chrono::milliseconds>(max_silence_).count()) +
         "ms)");
   }
   return Status::Ok();

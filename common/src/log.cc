@@ -79,9 +79,9 @@ std::string FormatTimestamp(std::chrono::system_clock::time_point tp) {
   std::tm tm{};
   gmtime_r(&secs, &tm);
   char buf[40];
-  const int n = std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
-                              tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                              tm.tm_min, tm.tm_sec, millis);
+  const int n =
+      std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                    tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, millis);
   return std::string(buf, n > 0 ? static_cast<size_t>(n) : 0);
 }
 
@@ -138,11 +138,21 @@ void AppendLogfmtValue(std::string& out, std::string_view v) {
       continue;
     }
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20 || c == 0x7F) {
           out += "\\x";
@@ -318,10 +328,14 @@ std::string RedactSecretPairs(std::string_view text) {
 
 std::string_view LevelName(Level level) {
   switch (level) {
-    case Level::kDebug: return "debug";
-    case Level::kInfo: return "info";
-    case Level::kWarn: return "warn";
-    case Level::kError: return "error";
+    case Level::kDebug:
+      return "debug";
+    case Level::kInfo:
+      return "info";
+    case Level::kWarn:
+      return "warn";
+    case Level::kError:
+      return "error";
   }
   return "unknown";
 }
@@ -365,7 +379,7 @@ void SetMinLevel(Level level) {
 Level MinLevel() { return static_cast<Level>(State().min_level.load(std::memory_order_relaxed)); }
 
 bool IsSecretKey(std::string_view key) {
-  static constexpr std::string_view kWords[] = {"password", "passwd", "secret",  "token",
+  static constexpr std::string_view kWords[] = {"password",   "passwd",  "secret", "token",
                                                 "credential", "api_key", "apikey"};
   for (std::string_view w : kWords) {
     if (ContainsIgnoreCase(key, w)) return true;

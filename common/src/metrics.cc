@@ -27,8 +27,8 @@ Histogram::Histogram(std::vector<double> bounds)
 
 void Histogram::Observe(double v) {
   if (std::isnan(v)) return;
-  const size_t i = static_cast<size_t>(std::lower_bound(bounds_.begin(), bounds_.end(), v) -
-                                       bounds_.begin());
+  const size_t i =
+      static_cast<size_t>(std::lower_bound(bounds_.begin(), bounds_.end(), v) - bounds_.begin());
   counts_[i].fetch_add(1, std::memory_order_relaxed);
   sum_.fetch_add(v, std::memory_order_relaxed);
 }
@@ -151,9 +151,12 @@ bool IsLabelName(std::string_view n) {
 
 std::string_view TypeName(MetricType t) {
   switch (t) {
-    case MetricType::kCounter: return "counter";
-    case MetricType::kGauge: return "gauge";
-    case MetricType::kHistogram: return "histogram";
+    case MetricType::kCounter:
+      return "counter";
+    case MetricType::kGauge:
+      return "gauge";
+    case MetricType::kHistogram:
+      return "histogram";
   }
   return "untyped";
 }
@@ -324,7 +327,9 @@ Result<Histogram*> Registry::AddHistogram(std::string name, std::string help,
 Status Registry::AddCallbackGauge(std::string name, std::string help, std::function<double()> fn) {
   if (!fn) return Status::InvalidArgument("metric " + name + ": empty callback");
   return AddCallback(std::move(name), std::move(help), MetricType::kGauge, {},
-                     [fn = std::move(fn)] { return std::vector<Sample>{{{}, fn()}}; });
+                     [fn = std::move(fn)] {
+                       return std::vector<Sample>{{{}, fn()}};
+                     });
 }
 
 Status Registry::AddCallback(std::string name, std::string help, MetricType type,
@@ -341,7 +346,10 @@ Status Registry::AddCallback(std::string name, std::string help, MetricType type
   }
   std::vector<std::string> labels_copy = label_names;
   impl_->families.emplace(
-      name, FamilyRecord{type, std::move(help), std::move(label_names), {},
+      name, FamilyRecord{type,
+                         std::move(help),
+                         std::move(label_names),
+                         {},
                          CallbackMetric{type, std::move(labels_copy), std::move(fn)}});
   return Status::Ok();
 }

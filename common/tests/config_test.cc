@@ -10,9 +10,9 @@
 namespace converge {
 namespace {
 
+using std::chrono::milliseconds;
 using ::testing::HasSubstr;
 using ::testing::Not;
-using std::chrono::milliseconds;
 
 std::string WriteFile(const std::string& name, const std::string& text) {
   const std::string path = ::testing::TempDir() + "/converge_config_test_" + name;
@@ -95,9 +95,9 @@ TEST(ConfigTest, PrecedenceFileThenEnvThenFlag) {
              {{"CONVERGE_RELAY_BATCH_SIZE", "300"}, {"CONVERGE_RELAY_POLL_INTERVAL", "1s"}}));
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   EXPECT_EQ(cfg->Get(r.db_url), "postgresql://file/db");  // file only
-  EXPECT_EQ(cfg->Get(r.max_bytes), 65536u);                // file only
-  EXPECT_EQ(cfg->Get(r.batch), 300);                       // env beats file
-  EXPECT_EQ(cfg->Get(r.poll), std::chrono::minutes(3));    // flag beats env and file
+  EXPECT_EQ(cfg->Get(r.max_bytes), 65536u);               // file only
+  EXPECT_EQ(cfg->Get(r.batch), 300);                      // env beats file
+  EXPECT_EQ(cfg->Get(r.poll), std::chrono::minutes(3));   // flag beats env and file
   EXPECT_EQ(cfg->SourceOf("database.url"), "file " + path + ":1");
   EXPECT_EQ(cfg->SourceOf("relay.batch_size"), "env CONVERGE_RELAY_BATCH_SIZE");
   EXPECT_EQ(cfg->SourceOf("relay.poll_interval"), "flag --relay.poll_interval");
@@ -107,8 +107,8 @@ TEST(ConfigTest, PrecedenceFileThenEnvThenFlag) {
 TEST(ConfigTest, ConfigFileFromEnvAndEmptyEnvIsUnset) {
   RelaySchema r;
   const std::string path = WriteFile("fromenv.conf", "relay.batch_size = 7\n");
-  auto cfg = r.schema.Load(Inputs({"--database.url=x"}, {{"CONVERGE_CONFIG", path},
-                                                         {"CONVERGE_RELAY_BATCH_SIZE", ""}}));
+  auto cfg = r.schema.Load(
+      Inputs({"--database.url=x"}, {{"CONVERGE_CONFIG", path}, {"CONVERGE_RELAY_BATCH_SIZE", ""}}));
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   EXPECT_EQ(cfg->Get(r.batch), 7);
 }
@@ -149,10 +149,10 @@ TEST(ConfigTest, UnknownKeyIsNamedWithSuggestion) {
 
 TEST(ConfigTest, BadValuesNameKeyValueAndExpectation) {
   RelaySchema r;
-  auto cfg = r.schema.Load(Inputs({"--database.url=x", "--relay.batch_size=12x",
-                                   "--relay.poll_interval=500", "--relay.dry_run=maybe",
-                                   "--relay.max_message_bytes=1MB2"},
-                                  {{"CONVERGE_LOG_FORMAT", "xml"}}));
+  auto cfg = r.schema.Load(
+      Inputs({"--database.url=x", "--relay.batch_size=12x", "--relay.poll_interval=500",
+              "--relay.dry_run=maybe", "--relay.max_message_bytes=1MB2"},
+             {{"CONVERGE_LOG_FORMAT", "xml"}}));
   ASSERT_FALSE(cfg.ok());
   const std::string& m = cfg.status().message();
   EXPECT_THAT(m, HasSubstr("relay.batch_size: invalid value \"12x\" from flag "
@@ -243,8 +243,9 @@ TEST(ConfigTest, PassThroughPrefixesCollectVerbatim) {
 
 TEST(ConfigTest, FlagForms) {
   RelaySchema r;
-  auto cfg = r.schema.Load(Inputs({"replay", "--database.url", "x", "--relay.dry_run",
-                                   "--check-config", "--relay.batch_size", "9", "--", "--not-a-flag"}));
+  auto cfg =
+      r.schema.Load(Inputs({"replay", "--database.url", "x", "--relay.dry_run", "--check-config",
+                            "--relay.batch_size", "9", "--", "--not-a-flag"}));
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   EXPECT_TRUE(cfg->Get(r.dry_run));
   EXPECT_EQ(cfg->Get(r.batch), 9);
@@ -361,9 +362,9 @@ TEST(ConfigFileTest, ErrorsNameTheLineButNotTheValue) {
     return r.ok() ? std::string("OK") : r.status().message();
   };
   EXPECT_EQ(err("a = 1\nhunter2\n"), "f.conf:2: expected 'key = value' or '[section]'");
-  EXPECT_EQ(err("password = \"hunter2\n"),
-            "f.conf:1: unterminated quoted value of key 'password'");
-  EXPECT_EQ(err("a = 1\n[x]\nb = 2\nb = 3\n"), "f.conf:4: key 'x.b' is set twice (first on line 3)");
+  EXPECT_EQ(err("password = \"hunter2\n"), "f.conf:1: unterminated quoted value of key 'password'");
+  EXPECT_EQ(err("a = 1\n[x]\nb = 2\nb = 3\n"),
+            "f.conf:4: key 'x.b' is set twice (first on line 3)");
   EXPECT_EQ(err("[sec\n"), "f.conf:1: malformed section header (expected [name])");
   EXPECT_EQ(err("bad key = 1\n"), "f.conf:1: invalid key (use letters, digits, '_', '-', '.')");
   EXPECT_EQ(err("a = \"x\" y\n"), "f.conf:1: unexpected text after quoted value of key 'a'");

@@ -157,9 +157,9 @@ TEST(RedactTest, KeywordPasswords) {
 }
 
 TEST(RedactTest, SecretKeys) {
-  for (const char* k : {"password", "database.password", "kafka.sasl.password", "api_token",
-                        "client_secret", "ssl.key.pem", "ssl.key.password", "PGPASSWORD",
-                        "mqtt.password", "credentials"}) {
+  for (const char* k :
+       {"password", "database.password", "kafka.sasl.password", "api_token", "client_secret",
+        "ssl.key.pem", "ssl.key.password", "PGPASSWORD", "mqtt.password", "credentials"}) {
     EXPECT_TRUE(IsSecretKey(k)) << k;
   }
   for (const char* k : {"user", "rows", "ssl.key.location", "host", "topic", "url"}) {
@@ -169,12 +169,11 @@ TEST(RedactTest, SecretKeys) {
 
 TEST_F(LogTest, SecretsNeverReachTheSink) {
   Logger log("relay");
-  log.Info("connecting to postgresql://app:hunter2@db/app",
-           {{"password", "hunter2"},
-            {"kafka.sasl.password", "hunter2"},
-            {"token", 12345},
-            {"dsn", "host=db password=hunter2"},
-            {"ssl.key.location", "/etc/key.pem"}});
+  log.Info("connecting to postgresql://app:hunter2@db/app", {{"password", "hunter2"},
+                                                             {"kafka.sasl.password", "hunter2"},
+                                                             {"token", 12345},
+                                                             {"dsn", "host=db password=hunter2"},
+                                                             {"ssl.key.location", "/etc/key.pem"}});
   Configure(LogFormat::kJson, Level::kInfo);
   log.Warn("x", {{"api_token", "hunter2"}, {"url", "mqtt://u:hunter2@h"}});
   const auto lines = Lines();

@@ -116,13 +116,11 @@ TEST(MetricsTest, RegistrationRules) {
   EXPECT_EQ(r.AddGauge("x_total", "h").status().code(), StatusCode::kAlreadyExists);
   EXPECT_EQ(r.AddCounter("bad-name", "h").status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(r.AddCounterFamily("y", "h", {"__x"}).status().code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(r.AddCounterFamily("y", "h", {"a", "a"}).status().code(),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(r.AddCounterFamily("y", "h", {"a", "a"}).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(r.AddHistogramFamily("h", "h", {"le"}, {1}).status().code(),
             StatusCode::kInvalidArgument);
   EXPECT_EQ(r.AddHistogram("h", "h", {2, 1}).status().code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(r.AddHistogram("h", "h", {1, INFINITY}).status().code(),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(r.AddHistogram("h", "h", {1, INFINITY}).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ((*a)->WithLabels({"1", "2"}).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ((*a)->WithLabels({"v"}).value(), (*a)->WithLabels({"v"}).value());
 }

@@ -98,8 +98,8 @@ class KeyBuilder {
   // Load fails unless a file, env var or flag sets the key.
   KeyBuilder& Required();
   // Inclusive bounds, for int, duration and bytes keys.
-  KeyBuilder& Range(T min, T max)
-    requires(!std::is_same_v<T, std::string> && !std::is_same_v<T, bool>);
+  KeyBuilder& Range(T min,
+                    T max) requires(!std::is_same_v<T, std::string> && !std::is_same_v<T, bool>);
   ConfigKey<T> key() const;
   operator ConfigKey<T>() const { return key(); }  // NOLINT: implicit by design
 
@@ -255,9 +255,8 @@ KeyBuilder<T>& KeyBuilder<T>::Required() {
   return *this;
 }
 template <typename T>
-KeyBuilder<T>& KeyBuilder<T>::Range(T min, T max)
-  requires(!std::is_same_v<T, std::string> && !std::is_same_v<T, bool>)
-{
+KeyBuilder<T>& KeyBuilder<T>::Range(T min, T max) requires(!std::is_same_v<T, std::string> &&
+                                                           !std::is_same_v<T, bool>) {
   if constexpr (std::is_same_v<T, std::chrono::milliseconds>) {
     schema_->SetRange(index_, min.count(), max.count());
   } else {

@@ -62,11 +62,11 @@ class Field {
   Field(std::string_view key, std::string&& value) : key_(key), value_(std::move(value)) {}
   Field(std::string_view key, bool value) : key_(key), value_(value) {}
   template <std::signed_integral T>
-    requires(!std::same_as<T, bool>)
-  Field(std::string_view key, T value) : key_(key), value_(static_cast<int64_t>(value)) {}
+  requires(!std::same_as<T, bool>) Field(std::string_view key, T value)
+      : key_(key), value_(static_cast<int64_t>(value)) {}
   template <std::unsigned_integral T>
-    requires(!std::same_as<T, bool>)
-  Field(std::string_view key, T value) : key_(key), value_(static_cast<uint64_t>(value)) {}
+  requires(!std::same_as<T, bool>) Field(std::string_view key, T value)
+      : key_(key), value_(static_cast<uint64_t>(value)) {}
   template <std::floating_point T>
   Field(std::string_view key, T value) : key_(key), value_(static_cast<double>(value)) {}
   // A duration is written in milliseconds, as a double: {"took", d} → took_ms=12.5.

@@ -7,7 +7,8 @@
 //   CONVERGE_ASSIGN_OR_RETURN(metrics::Counter* orders, published->WithLabels({"orders"}));
 //   orders->Inc();                                   // hot path: one relaxed atomic add
 //   CONVERGE_ASSIGN_OR_RETURN(auto* latency, registry.AddHistogram(
-//       "converge_relay_publish_seconds", "Publish latency", metrics::ExponentialBuckets(0.001, 2, 12)));
+//       "converge_relay_publish_seconds", "Publish latency", metrics::ExponentialBuckets(0.001, 2,
+//       12)));
 //   latency->ObserveDuration(elapsed);
 //   CONVERGE_RETURN_IF_ERROR(registry.AddCallbackGauge(
 //       "converge_outbox_oldest_unpublished_seconds", "Age of the oldest unpublished row",
@@ -83,7 +84,7 @@ class Histogram {
   }
 
   struct Snapshot {
-    std::vector<double> bounds;       // without +Inf
+    std::vector<double> bounds;        // without +Inf
     std::vector<uint64_t> cumulative;  // bounds.size() + 1 entries, the last is +Inf = count
     double sum = 0;
   };
@@ -170,8 +171,7 @@ class Registry {
   // A counter or gauge family computed at scrape time (e.g. per-partition lag read from the
   // client library's statistics). Samples with the wrong number of label values are skipped.
   Status AddCallback(std::string name, std::string help, MetricType type,
-                     std::vector<std::string> label_names,
-                     std::function<std::vector<Sample>()> fn);
+                     std::vector<std::string> label_names, std::function<std::vector<Sample>()> fn);
   // Unregisters a callback metric before what it captures is destroyed. NotFound if absent.
   Status RemoveCallback(std::string_view name);
 
