@@ -37,7 +37,8 @@ std::string Encode(std::string_view bytes) {
     out.push_back(kAlphabet[(v >> 12) & 63]);
     out.append("==");
   } else if (rest == 2) {
-    const uint32_t v = static_cast<uint8_t>(bytes[i]) << 16 | static_cast<uint8_t>(bytes[i + 1]) << 8;
+    const uint32_t v = static_cast<uint8_t>(bytes[i]) << 16 | static_cast<uint8_t>(bytes[i + 1])
+                                                                  << 8;
     out.push_back(kAlphabet[v >> 18]);
     out.push_back(kAlphabet[(v >> 12) & 63]);
     out.push_back(kAlphabet[(v >> 6) & 63]);

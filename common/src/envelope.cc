@@ -71,8 +71,8 @@ Status Invalid(std::string msg) { return Status::InvalidArgument(std::move(msg))
 // ---- names ------------------------------------------------------------------------------------
 
 constexpr std::array<std::string_view, 10> kEnvelopeAttributeNames = {
-    "specversion", "id",          "source", "type", "subject", "time", "datacontenttype",
-    "traceparent", "keyseq", "data"};
+    "specversion",     "id",          "source", "type", "subject", "time",
+    "datacontenttype", "traceparent", "keyseq", "data"};
 
 // How a binding spells things in error messages.
 struct Naming {
@@ -93,9 +93,9 @@ constexpr Naming kJsonNaming{"", "datacontenttype", "data", "member"};
 
 // Which plain header names a binding can carry unambiguously.
 enum class HeaderRule {
-  kPortable,  // every binding: ValidateMessage
-  kKafka,     // not "ce_*", not "content-type"
-  kMqtt,      // not made only of a-z0-9 (that reads back as an attribute)
+  kPortable,    // every binding: ValidateMessage
+  kKafka,       // not "ce_*", not "content-type"
+  kMqtt,        // not made only of a-z0-9 (that reads back as an attribute)
   kNotCarried,  // structured JSON: headers are not part of the event
 };
 
@@ -202,8 +202,8 @@ Status CheckMediaType(const std::string& name, std::string_view v) {
 // W3C Trace Context traceparent: version "-" trace-id "-" parent-id "-" flags, lower-case hex.
 Status CheckTraceparent(const std::string& name, std::string_view v) {
   auto bad = [&] {
-    return Invalid(name + " is not a W3C traceparent (\"00-<32 hex>-<16 hex>-<2 hex>\"): " +
-                   Quoted(v));
+    return Invalid(name +
+                   " is not a W3C traceparent (\"00-<32 hex>-<16 hex>-<2 hex>\"): " + Quoted(v));
   };
   auto lower_hex = [&](size_t from, size_t n, bool may_be_zero) {
     bool nonzero = false;
@@ -238,8 +238,8 @@ Status CheckHeaderName(std::string_view name, HeaderRule rule) {
   if (name.empty()) return Invalid("a header has an empty name");
   const std::string label = "header " + Quoted(name);
   if (name.size() > MessageLimits::kMaxHeaderNameBytes) {
-    return Invalid(label + " name is too long: " + std::to_string(name.size()) +
-                   " bytes (limit " + std::to_string(MessageLimits::kMaxHeaderNameBytes) + ")");
+    return Invalid(label + " name is too long: " + std::to_string(name.size()) + " bytes (limit " +
+                   std::to_string(MessageLimits::kMaxHeaderNameBytes) + ")");
   }
   CONVERGE_RETURN_IF_ERROR(ValidateAttributeText(label + " name", name));
   const bool kafka_rule = rule == HeaderRule::kPortable || rule == HeaderRule::kKafka;
@@ -282,14 +282,12 @@ Status CheckMessage(const Message& m, IdRule id_rule, HeaderRule header_rule, Co
       CheckRequiredText(source_name, m.source, MessageLimits::kMaxSourceBytes));
   CONVERGE_RETURN_IF_ERROR(CheckUriReference(source_name, m.source));
 
-  CONVERGE_RETURN_IF_ERROR(
-      CheckRequiredText(n.Attr("type"), m.type, MessageLimits::kMaxTypeBytes));
+  CONVERGE_RETURN_IF_ERROR(CheckRequiredText(n.Attr("type"), m.type, MessageLimits::kMaxTypeBytes));
   CONVERGE_RETURN_IF_ERROR(CheckText(n.Attr("subject"), m.subject, MessageLimits::kMaxKeyBytes));
 
   if (!m.datacontenttype.empty()) {
     const std::string name(n.content_type);
-    CONVERGE_RETURN_IF_ERROR(
-        CheckText(name, m.datacontenttype, MessageLimits::kMaxAttributeBytes));
+    CONVERGE_RETURN_IF_ERROR(CheckText(name, m.datacontenttype, MessageLimits::kMaxAttributeBytes));
     CONVERGE_RETURN_IF_ERROR(CheckMediaType(name, m.datacontenttype));
     if (mode == ContentMode::kBinary && IsStructuredContentType(m.datacontenttype)) {
       return Invalid(name + " " + Quoted(m.datacontenttype) +
@@ -342,9 +340,7 @@ Status CheckMessage(const Message& m, IdRule id_rule, HeaderRule header_rule, Co
 
 bool HasTime(const Message& m) { return m.time != system_clock::time_point{}; }
 
-std::string TimeText(const Message& m) {
-  return FormatRfc3339(m.time, SubsecondDigits::kLossless);
-}
+std::string TimeText(const Message& m) { return FormatRfc3339(m.time, SubsecondDigits::kLossless); }
 
 // The attributes other than datacontenttype, in wire order, with `prefix` on each name.
 HeaderList AttributePairs(const Message& m, std::string_view prefix) {
@@ -423,8 +419,8 @@ Result<Message> BuildMessage(std::string_view topic, AttributeMap attrs, const N
     std::string_view name;
     std::string* field;
   };
-  for (const Required& r : {Required{"id", &m.id}, Required{"source", &m.source},
-                            Required{"type", &m.type}}) {
+  for (const Required& r :
+       {Required{"id", &m.id}, Required{"source", &m.source}, Required{"type", &m.type}}) {
     auto v = take(r.name);
     if (!v) return Invalid(n.Attr(r.name) + " is missing");
     if (v->empty()) return Invalid(n.Attr(r.name) + " is empty");
@@ -509,8 +505,7 @@ Result<std::string> ExtensionValueFromJson(const json::Member& mem) {
 
 bool IsStringAttribute(std::string_view name) {
   return name == "specversion" || name == "id" || name == "source" || name == "type" ||
-         name == "subject" || name == "time" || name == "datacontenttype" ||
-         name == "traceparent";
+         name == "subject" || name == "time" || name == "datacontenttype" || name == "traceparent";
 }
 
 // Structured JSON to Message, without the final CheckMessage (the caller adds headers first).
@@ -685,8 +680,8 @@ Result<Message> DecodeKafka(std::string_view topic, std::optional<std::string_vi
   CONVERGE_ASSIGN_OR_RETURN(Message m, BuildMessage(topic, std::move(attrs), kKafkaNaming));
   m.headers = std::move(plain);
   m.payload = std::string(payload);
-  CONVERGE_RETURN_IF_ERROR(CheckMessage(m, IdRule::kAnyString, HeaderRule::kKafka,
-                                        ContentMode::kBinary, kKafkaNaming));
+  CONVERGE_RETURN_IF_ERROR(
+      CheckMessage(m, IdRule::kAnyString, HeaderRule::kKafka, ContentMode::kBinary, kKafkaNaming));
   return m;
 }
 
@@ -735,8 +730,8 @@ Result<Message> DecodeMqtt5(std::string_view topic, std::string_view content_typ
   CONVERGE_ASSIGN_OR_RETURN(Message m, BuildMessage(topic, std::move(attrs), kMqttNaming));
   m.headers = std::move(plain);
   m.payload = std::string(payload);
-  CONVERGE_RETURN_IF_ERROR(CheckMessage(m, IdRule::kAnyString, HeaderRule::kMqtt,
-                                        ContentMode::kBinary, kMqttNaming));
+  CONVERGE_RETURN_IF_ERROR(
+      CheckMessage(m, IdRule::kAnyString, HeaderRule::kMqtt, ContentMode::kBinary, kMqttNaming));
   return m;
 }
 
@@ -747,9 +742,8 @@ Result<Message> DecodeMqtt311(std::string_view topic, std::string_view payload) 
 // ---- Structured JSON --------------------------------------------------------------------------
 
 Result<std::string> EncodeStructuredJson(const Message& message, IdRule id_rule) {
-  CONVERGE_RETURN_IF_ERROR(
-      CheckMessage(message, id_rule, HeaderRule::kNotCarried, ContentMode::kStructured,
-                   kMessageNaming));
+  CONVERGE_RETURN_IF_ERROR(CheckMessage(message, id_rule, HeaderRule::kNotCarried,
+                                        ContentMode::kStructured, kMessageNaming));
   std::string out;
   out.reserve(256 + message.payload.size() * 4 / 3);
   out.push_back('{');
@@ -791,9 +785,8 @@ Result<std::string> EncodeStructuredJson(const Message& message, IdRule id_rule)
 
 Result<Message> DecodeStructuredJson(std::string_view topic, std::string_view json) {
   CONVERGE_ASSIGN_OR_RETURN(Message m, DecodeStructured(topic, json));
-  CONVERGE_RETURN_IF_ERROR(
-      CheckMessage(m, IdRule::kAnyString, HeaderRule::kNotCarried, ContentMode::kStructured,
-                   kJsonNaming));
+  CONVERGE_RETURN_IF_ERROR(CheckMessage(m, IdRule::kAnyString, HeaderRule::kNotCarried,
+                                        ContentMode::kStructured, kJsonNaming));
   return m;
 }
 

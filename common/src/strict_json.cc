@@ -224,14 +224,30 @@ class Reader {
       const char e = s_[pos_++];
       char32_t cp = 0;
       switch (e) {
-        case '"': cp = '"'; break;
-        case '\\': cp = '\\'; break;
-        case '/': cp = '/'; break;
-        case 'b': cp = '\b'; break;
-        case 'f': cp = '\f'; break;
-        case 'n': cp = '\n'; break;
-        case 'r': cp = '\r'; break;
-        case 't': cp = '\t'; break;
+        case '"':
+          cp = '"';
+          break;
+        case '\\':
+          cp = '\\';
+          break;
+        case '/':
+          cp = '/';
+          break;
+        case 'b':
+          cp = '\b';
+          break;
+        case 'f':
+          cp = '\f';
+          break;
+        case 'n':
+          cp = '\n';
+          break;
+        case 'r':
+          cp = '\r';
+          break;
+        case 't':
+          cp = '\t';
+          break;
         case 'u': {
           CONVERGE_RETURN_IF_ERROR(Hex4(&cp));
           if (cp >= 0xDC00 && cp <= 0xDFFF) return Error("lone low surrogate in \\u escape");
@@ -259,8 +275,7 @@ class Reader {
 
 }  // namespace
 
-Result<std::vector<Member>> ParseObject(std::string_view text, int max_depth,
-                                        size_t max_members) {
+Result<std::vector<Member>> ParseObject(std::string_view text, int max_depth, size_t max_members) {
   Reader r(text, max_depth);
   CONVERGE_RETURN_IF_ERROR(r.CheckUtf8());
   r.SkipWhitespace();
@@ -289,13 +304,27 @@ void AppendString(std::string* out, std::string_view utf8) {
   for (const char ch : utf8) {
     const auto c = static_cast<unsigned char>(ch);
     switch (c) {
-      case '"': out->append("\\\""); break;
-      case '\\': out->append("\\\\"); break;
-      case '\b': out->append("\\b"); break;
-      case '\f': out->append("\\f"); break;
-      case '\n': out->append("\\n"); break;
-      case '\r': out->append("\\r"); break;
-      case '\t': out->append("\\t"); break;
+      case '"':
+        out->append("\\\"");
+        break;
+      case '\\':
+        out->append("\\\\");
+        break;
+      case '\b':
+        out->append("\\b");
+        break;
+      case '\f':
+        out->append("\\f");
+        break;
+      case '\n':
+        out->append("\\n");
+        break;
+      case '\r':
+        out->append("\\r");
+        break;
+      case '\t':
+        out->append("\\t");
+        break;
       default:
         if (c < 0x20) {
           out->append("\\u00");

@@ -21,7 +21,7 @@ enum class Kind { kNull, kFalse, kTrue, kNumber, kString, kArray, kObject };
 
 // One member of a top-level object.
 struct Member {
-  std::string name;          // unescaped
+  std::string name;  // unescaped
   Kind kind = Kind::kNull;
   std::string_view raw;      // the value's exact source text (no surrounding whitespace)
   std::string string_value;  // unescaped; only for kString

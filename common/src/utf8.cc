@@ -73,9 +73,7 @@ Finding Scan(std::string_view s, bool check_characters) {
 
 }  // namespace
 
-bool IsValidUtf8(std::string_view text) {
-  return Scan(text, false).problem == Problem::kNone;
-}
+bool IsValidUtf8(std::string_view text) { return Scan(text, false).problem == Problem::kNone; }
 
 size_t FindInvalidUtf8(std::string_view text) {
   const Finding f = Scan(text, false);

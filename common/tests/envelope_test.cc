@@ -124,15 +124,14 @@ TEST(EnvelopeTest, FullMessageIsValid) { EXPECT_TRUE(ValidateMessage(FullMessage
 TEST(EnvelopeTest, KafkaHeadersAreTheBindingsBinaryMode) {
   auto h = EncodeKafkaHeaders(FullMessage());
   ASSERT_TRUE(h.ok()) << h.status();
-  EXPECT_THAT(*h, ElementsAre(Pair("ce_specversion", "1.0"), Pair("ce_id", kId),
-                              Pair("ce_source", "/orders"),
-                              Pair("ce_type", "com.example.order.placed"),
-                              Pair("ce_subject", "order-42"),
-                              Pair("ce_time", "2024-05-01T12:34:56.789Z"),
-                              Pair("ce_traceparent", kTraceparent), Pair("ce_keyseq", "7"),
-                              Pair("ce_partitionkey", "p1"), Pair("ce_tenant", "acme"),
-                              Pair("content-type", "application/json"),
-                              Pair("Tenant-Region", "eu"), Pair("x-request-id", "r-1")));
+  EXPECT_THAT(
+      *h,
+      ElementsAre(Pair("ce_specversion", "1.0"), Pair("ce_id", kId), Pair("ce_source", "/orders"),
+                  Pair("ce_type", "com.example.order.placed"), Pair("ce_subject", "order-42"),
+                  Pair("ce_time", "2024-05-01T12:34:56.789Z"), Pair("ce_traceparent", kTraceparent),
+                  Pair("ce_keyseq", "7"), Pair("ce_partitionkey", "p1"), Pair("ce_tenant", "acme"),
+                  Pair("content-type", "application/json"), Pair("Tenant-Region", "eu"),
+                  Pair("x-request-id", "r-1")));
   EXPECT_EQ(KafkaKey(FullMessage()), "order-42");
 }
 
@@ -149,9 +148,9 @@ TEST(EnvelopeTest, KafkaLeavesOutAbsentAttributes) {
   const Message m = MinimalMessage();
   auto h = EncodeKafkaHeaders(m);
   ASSERT_TRUE(h.ok()) << h.status();
-  EXPECT_THAT(*h, ElementsAre(Pair("ce_specversion", "1.0"), Pair("ce_id", kId),
-                              Pair("ce_source", "/orders"),
-                              Pair("ce_type", "com.example.order.placed")));
+  EXPECT_THAT(
+      *h, ElementsAre(Pair("ce_specversion", "1.0"), Pair("ce_id", kId),
+                      Pair("ce_source", "/orders"), Pair("ce_type", "com.example.order.placed")));
   EXPECT_EQ(KafkaKey(m), std::nullopt);
   auto back = DecodeKafka(m.topic, std::nullopt, *h, "");
   ASSERT_TRUE(back.ok()) << back.status();
@@ -164,13 +163,13 @@ TEST(EnvelopeTest, MqttUserPropertiesAreUnprefixedAndContentTypeIsAProperty) {
   auto p = EncodeMqttUserProperties(FullMessage());
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(p->content_type, "application/json");
-  EXPECT_THAT(p->user_properties,
-              ElementsAre(Pair("specversion", "1.0"), Pair("id", kId), Pair("source", "/orders"),
-                          Pair("type", "com.example.order.placed"), Pair("subject", "order-42"),
-                          Pair("time", "2024-05-01T12:34:56.789Z"),
-                          Pair("traceparent", kTraceparent), Pair("keyseq", "7"),
-                          Pair("partitionkey", "p1"), Pair("tenant", "acme"),
-                          Pair("Tenant-Region", "eu"), Pair("x-request-id", "r-1")));
+  EXPECT_THAT(
+      p->user_properties,
+      ElementsAre(Pair("specversion", "1.0"), Pair("id", kId), Pair("source", "/orders"),
+                  Pair("type", "com.example.order.placed"), Pair("subject", "order-42"),
+                  Pair("time", "2024-05-01T12:34:56.789Z"), Pair("traceparent", kTraceparent),
+                  Pair("keyseq", "7"), Pair("partitionkey", "p1"), Pair("tenant", "acme"),
+                  Pair("Tenant-Region", "eu"), Pair("x-request-id", "r-1")));
 }
 
 TEST(EnvelopeTest, MqttRoundTrip) {
@@ -189,7 +188,8 @@ TEST(EnvelopeTest, StructuredJsonEmbedsJsonData) {
   EXPECT_EQ(*j, std::string(R"({"specversion":"1.0","id":")") + kId +
                     R"(","source":"/orders","type":"com.example.order.placed",)"
                     R"("subject":"order-42","time":"2024-05-01T12:34:56.789Z",)"
-                    R"("traceparent":")" + kTraceparent +
+                    R"("traceparent":")" +
+                    kTraceparent +
                     R"(","keyseq":"7","partitionkey":"p1","tenant":"acme",)"
                     R"("datacontenttype":"application/json",)"
                     R"("data":{"order":42,"items":["a","b"]}})");
@@ -206,9 +206,8 @@ TEST(EnvelopeTest, StructuredJsonUsesBase64WhenDataIsNotEmbeddableJson) {
   };
   for (const Case& c : {
            Case{"application/octet-stream", std::string("\x00\x01\xFF\xFE", 4)},
-           Case{"application/xml", "<much wow=\"xml\"/>"},
-           Case{"application/json", "{not json"},
-           Case{"application/json", " {\"a\":1}"},      // outer whitespace would be lost
+           Case{"application/xml", "<much wow=\"xml\"/>"}, Case{"application/json", "{not json"},
+           Case{"application/json", " {\"a\":1}"},  // outer whitespace would be lost
            Case{"application/json", "{\"a\":1}\n"},
            Case{"application/json", "{\"a\":1,\"a\":2}"},  // duplicate names
            Case{"", "{\"a\":1}"},  // no content type: data would imply application/json
@@ -330,13 +329,13 @@ TEST(EnvelopeSpecExamplesTest, JsonFormatBinaryData) {
   // The spec re-encodes it in HTTP binary mode; Kafka's mode is the same with "ce_".
   auto h = EncodeKafkaHeaders(*m, IdRule::kAnyString);
   ASSERT_TRUE(h.ok()) << h.status();
-  EXPECT_THAT(*h, ElementsAre(Pair("ce_specversion", "1.0"), Pair("ce_id", "A234-1234-1234"),
-                              Pair("ce_source", "/mycontext"),
-                              Pair("ce_type", "com.example.someevent"),
-                              Pair("ce_time", "2018-04-05T17:31:00.000Z"),
-                              Pair("ce_comexampleextension1", "value"),
-                              Pair("ce_comexampleothervalue", "5"),
-                              Pair("content-type", "application/vnd.apache.thrift.binary")));
+  EXPECT_THAT(
+      *h,
+      ElementsAre(Pair("ce_specversion", "1.0"), Pair("ce_id", "A234-1234-1234"),
+                  Pair("ce_source", "/mycontext"), Pair("ce_type", "com.example.someevent"),
+                  Pair("ce_time", "2018-04-05T17:31:00.000Z"),
+                  Pair("ce_comexampleextension1", "value"), Pair("ce_comexampleothervalue", "5"),
+                  Pair("content-type", "application/vnd.apache.thrift.binary")));
   EXPECT_FALSE(EncodeKafkaHeaders(*m).ok());  // the default rule wants a UUID
 }
 
@@ -481,9 +480,9 @@ TEST(EnvelopeSpecExamplesTest, MqttStructuredModeAsPrintedIsNotJson) {
     "data" : {}
 })";
   ExpectRejected(DecodeMqtt311("mytopic", as_printed), "invalid JSON");
-  ExpectRejected(DecodeMqtt5("mytopic", "application/cloudevents+json; charset=utf-8", {},
-                             as_printed),
-                 "invalid JSON");
+  ExpectRejected(
+      DecodeMqtt5("mytopic", "application/cloudevents+json; charset=utf-8", {}, as_printed),
+      "invalid JSON");
 
   const char* quoted = R"({
     "specversion" : "1.0",
@@ -517,9 +516,8 @@ TEST(EnvelopeRejectTest, MissingRequiredAttributes) {
     const size_t at = json.find(member);
     ASSERT_NE(at, std::string::npos);
     // null means unset, so it counts as missing too
-    json.replace(at + member.size(), json.find_first_of(",}", at + member.size() + 1) -
-                                         (at + member.size()),
-                 "null");
+    json.replace(at + member.size(),
+                 json.find_first_of(",}", at + member.size() + 1) - (at + member.size()), "null");
     ExpectRejected(DecodeStructuredJson("t", json), name + " is missing");
   }
   ExpectRejected(DecodeKafka("t", std::nullopt, Replace(KafkaBase(), "ce_type", ""), ""),
@@ -591,9 +589,9 @@ TEST(EnvelopeRejectTest, Oversize) {
                  "ce_subject is too long");
   ExpectRejected(DecodeKafka("t", std::nullopt, With(KafkaBase(), "ce_ext", big), ""),
                  "ce_ext is too long");
-  ExpectRejected(DecodeKafka("t", std::nullopt, With(KafkaBase(), "x-" + std::string(127, 'h'), "v"),
-                             ""),
-                 "name is too long: 129 bytes (limit 128)");
+  ExpectRejected(
+      DecodeKafka("t", std::nullopt, With(KafkaBase(), "x-" + std::string(127, 'h'), "v"), ""),
+      "name is too long: 129 bytes (limit 128)");
   ExpectRejected(DecodeKafka("t", std::nullopt, With(KafkaBase(), "x-h", big), ""),
                  "header \"x-h\" value is too long");
   ExpectRejected(DecodeKafka(std::string(250, 't'), std::nullopt, KafkaBase(), ""),
@@ -606,7 +604,8 @@ TEST(EnvelopeRejectTest, Oversize) {
   ExpectRejected(DecodeMqtt5("t", "", MqttBase(), payload), "payload is too large");
   EXPECT_TRUE(DecodeKafka("t", std::nullopt, KafkaBase(), payload.substr(1)).ok());
   ExpectRejected(DecodeStructuredJson("t", JsonWith(",\"datacontenttype\":\"text/plain\","
-                                                    "\"data\":\"" + payload + "\"")),
+                                                    "\"data\":\"" +
+                                                    payload + "\"")),
                  "data is too large");
   ExpectRejected(DecodeStructuredJson("t", std::string(kMaxStructuredJsonBytes + 1, ' ')),
                  "structured event is too large");
@@ -653,9 +652,9 @@ TEST(EnvelopeRejectTest, BadExtensionNames) {
 }
 
 TEST(EnvelopeRejectTest, BadTime) {
-  for (const char* t : {"2018-04-05 03:56:24Z", "2018-04-05T03:56:24", "2018-02-30T00:00:00Z",
-                        "2018-04-05T03:56;24Z", "yesterday", "2018-04-05T24:00:00Z",
-                        "1522949460"}) {
+  for (const char* t :
+       {"2018-04-05 03:56:24Z", "2018-04-05T03:56:24", "2018-02-30T00:00:00Z",
+        "2018-04-05T03:56;24Z", "yesterday", "2018-04-05T24:00:00Z", "1522949460"}) {
     ExpectRejected(DecodeKafka("t", std::nullopt, With(KafkaBase(), "ce_time", t), ""),
                    "ce_time is not RFC 3339: ");
   }
@@ -666,8 +665,8 @@ TEST(EnvelopeRejectTest, BadTime) {
   ExpectRejected(DecodeStructuredJson("t", JsonWith(R"(,"time":1522949460)")),
                  "time must be a JSON string");
   // Offsets are converted to UTC.
-  auto m = DecodeKafka("t", std::nullopt, With(KafkaBase(), "ce_time", "2018-04-05T05:56:24+02:00"),
-                       "");
+  auto m =
+      DecodeKafka("t", std::nullopt, With(KafkaBase(), "ce_time", "2018-04-05T05:56:24+02:00"), "");
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_EQ(FormatRfc3339(m->time), "2018-04-05T03:56:24.000Z");
 }
@@ -678,8 +677,8 @@ TEST(EnvelopeRejectTest, BadKeyseq) {
     ExpectRejected(DecodeKafka("t", std::nullopt, With(KafkaBase(), "ce_keyseq", k), ""),
                    "ce_keyseq must be a positive decimal int64");
   }
-  auto max = DecodeKafka("t", std::nullopt,
-                         With(KafkaBase(), "ce_keyseq", "9223372036854775807"), "");
+  auto max =
+      DecodeKafka("t", std::nullopt, With(KafkaBase(), "ce_keyseq", "9223372036854775807"), "");
   ASSERT_TRUE(max.ok()) << max.status();
   EXPECT_EQ(max->sequence, INT64_MAX);
   // JSON: a string or an integer number.
@@ -725,10 +724,10 @@ TEST(EnvelopeRejectTest, TooManyHeaders) {
 TEST(EnvelopeRejectTest, Duplicates) {
   ExpectRejected(DecodeKafka("t", std::nullopt, With(KafkaBase(), "ce_id", kId), ""),
                  "ce_id appears more than once");
-  ExpectRejected(DecodeKafka("t", std::nullopt,
-                             With(With(KafkaBase(), "content-type", "a/b"), "content-type", "a/b"),
-                             ""),
-                 "content-type appears more than once");
+  ExpectRejected(
+      DecodeKafka("t", std::nullopt,
+                  With(With(KafkaBase(), "content-type", "a/b"), "content-type", "a/b"), ""),
+      "content-type appears more than once");
   ExpectRejected(
       DecodeKafka("t", std::nullopt, With(With(KafkaBase(), "x-a", "1"), "x-a", "2"), ""),
       "header \"x-a\" appears more than once");
@@ -745,24 +744,24 @@ TEST(EnvelopeRejectTest, Duplicates) {
 
 TEST(EnvelopeRejectTest, StrictJson) {
   for (const std::string& bad : {
-           JsonWith(",") ,                                   // trailing comma
+           JsonWith(","),  // trailing comma
            JsonWith("/* c */"),
            JsonWith(R"(,"data":[1,])"),
-           JsonWith(R"(,"data":01)"),                        // leading zero
+           JsonWith(R"(,"data":01)"),  // leading zero
            JsonWith(R"(,"data":NaN)"),
            JsonWith(R"(,"data":1.)"),
            JsonWith(R"(,"data":'x')"),
-           JsonWith(R"(,"tenant":"\ud800")"),                // lone high surrogate
-           JsonWith(R"(,"tenant":"\udc00")"),                // lone low surrogate
+           JsonWith(R"(,"tenant":"\ud800")"),  // lone high surrogate
+           JsonWith(R"(,"tenant":"\udc00")"),  // lone low surrogate
            JsonWith(R"(,"tenant":"\ud800\u0041")"),
-           JsonWith(R"(,"data":["\udc00"])"),                // also inside embedded data
+           JsonWith(R"(,"data":["\udc00"])"),  // also inside embedded data
            JsonWith(R"(,"data":{"\ud800":1})"),
            JsonWith(R"(,"tenant":"\x41")"),
-           JsonWith(",\"tenant\":\"raw\ttab\""),              // unescaped control character
-           JsonWith("") + "x",                               // trailing text
+           JsonWith(",\"tenant\":\"raw\ttab\""),  // unescaped control character
+           JsonWith("") + "x",                    // trailing text
            JsonWith("") + "{}",
-           std::string("\xEF\xBB\xBF") + JsonWith(""),       // byte order mark
-           std::string("[") + JsonWith("") + "]",            // not an object
+           std::string("\xEF\xBB\xBF") + JsonWith(""),  // byte order mark
+           std::string("[") + JsonWith("") + "]",       // not an object
            std::string(""),
            std::string("{"),
            JsonWith(R"(,"data":)" + std::string(70, '[') + std::string(70, ']')),  // too deep
@@ -780,11 +779,11 @@ TEST(EnvelopeRejectTest, StrictJson) {
 TEST(EnvelopeRejectTest, StructuredData) {
   ExpectRejected(DecodeStructuredJson("t", JsonWith(R"(,"data":{},"data_base64":"AA==")")),
                  "data and data_base64 are both present");
-  for (const char* b64 : {"AA=", "A===", "AAA=A", "AB==", "AAB=", "AA==AA==", "AA AA===", "A-==",
-                          "AA\\n=="}) {
-    ExpectRejected(DecodeStructuredJson("t", JsonWith(std::string(R"(,"data_base64":")") + b64 +
-                                                      "\"")),
-                   "data_base64 is not valid base64");
+  for (const char* b64 :
+       {"AA=", "A===", "AAA=A", "AB==", "AAB=", "AA==AA==", "AA AA===", "A-==", "AA\\n=="}) {
+    ExpectRejected(
+        DecodeStructuredJson("t", JsonWith(std::string(R"(,"data_base64":")") + b64 + "\"")),
+        "data_base64 is not valid base64");
   }
   ExpectRejected(DecodeStructuredJson("t", JsonWith(R"(,"data_base64":5)")),
                  "data_base64 must be a JSON string");
@@ -803,9 +802,9 @@ TEST(EnvelopeRejectTest, JsonExtensionValueTypes) {
   auto ok = DecodeStructuredJson(
       "t", JsonWith(R"(,"b":true,"f":false,"i":-2147483648,"j":2147483647,"z":-0,"s":"x")"));
   ASSERT_TRUE(ok.ok()) << ok.status();
-  EXPECT_THAT(ok->extensions, ElementsAre(Pair("b", "true"), Pair("f", "false"),
-                                          Pair("i", "-2147483648"), Pair("j", "2147483647"),
-                                          Pair("s", "x"), Pair("z", "0")));
+  EXPECT_THAT(ok->extensions,
+              ElementsAre(Pair("b", "true"), Pair("f", "false"), Pair("i", "-2147483648"),
+                          Pair("j", "2147483647"), Pair("s", "x"), Pair("z", "0")));
   ExpectRejected(DecodeStructuredJson("t", JsonWith(R"(,"i":2147483648)")),
                  "i is not a CloudEvents Integer");
   ExpectRejected(DecodeStructuredJson("t", JsonWith(R"(,"i":1.5)")),
@@ -830,10 +829,10 @@ TEST(EnvelopeRejectTest, EmptyOptionalAttributes) {
 }
 
 TEST(EnvelopeRejectTest, ContentTypes) {
-  ExpectRejected(DecodeKafka("t", std::nullopt,
-                             {{"content-type", "application/cloudevents+avro"}}, "x"),
-                 "content-type \"application/cloudevents+avro\" is a CloudEvents event format "
-                 "this decoder does not support");
+  ExpectRejected(
+      DecodeKafka("t", std::nullopt, {{"content-type", "application/cloudevents+avro"}}, "x"),
+      "content-type \"application/cloudevents+avro\" is a CloudEvents event format "
+      "this decoder does not support");
   ExpectRejected(DecodeMqtt5("t", "application/cloudevents-batch+json", {}, "[]"),
                  "Content Type \"application/cloudevents-batch+json\" is a CloudEvents event");
   ExpectRejected(DecodeKafka("t", std::nullopt, With(KafkaBase(), "content-type", "json"), ""),
@@ -850,9 +849,9 @@ TEST(EnvelopeRejectTest, ContentTypes) {
                                   "ce_datacontenttype", "text/html"),
                              ""),
                  "ce_datacontenttype \"text/html\" and content-type \"text/plain\" disagree");
-  ExpectRejected(DecodeMqtt5("t", "text/plain", With(MqttBase(), "datacontenttype", "text/html"),
-                             ""),
-                 "disagree");
+  ExpectRejected(
+      DecodeMqtt5("t", "text/plain", With(MqttBase(), "datacontenttype", "text/html"), ""),
+      "disagree");
   auto only_attr = DecodeMqtt5("t", "", With(MqttBase(), "datacontenttype", "text/html"), "");
   ASSERT_TRUE(only_attr.ok());
   EXPECT_EQ(only_attr->datacontenttype, "text/html");
@@ -868,12 +867,12 @@ TEST(EnvelopeRejectTest, ContentTypes) {
 
 TEST(EnvelopeRejectTest, Traceparent) {
   for (const char* bad : {
-           "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",         // no flags
-           "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",      // upper case
-           "00-00000000000000000000000000000000-00f067aa0ba902b7-01",      // zero trace id
-           "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",      // zero parent id
-           "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",      // version ff
-           "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",    // v00 is 55 chars
+           "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",       // no flags
+           "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",    // upper case
+           "00-00000000000000000000000000000000-00f067aa0ba902b7-01",    // zero trace id
+           "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",    // zero parent id
+           "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",    // version ff
+           "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",  // v00 is 55 chars
            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
        }) {
     ExpectRejected(DecodeKafka("t", std::nullopt, With(KafkaBase(), "ce_traceparent", bad), ""),
@@ -907,8 +906,9 @@ TEST(ValidateMessageTest, IdRules) {
   m.id = "00000000-0000-0000-0000-000000000000";
   ExpectRejected(ValidateMessage(m), "id must be a UUID");
   m.id = "A234-1234-1234";
-  ExpectRejected(ValidateMessage(m), "id must be a UUID (Converge produces UUIDv7), got "
-                                     "\"A234-1234-1234\"");
+  ExpectRejected(ValidateMessage(m),
+                 "id must be a UUID (Converge produces UUIDv7), got "
+                 "\"A234-1234-1234\"");
   ExpectRejected(EncodeKafkaHeaders(m), "id must be a UUID");
   ExpectRejected(EncodeMqttUserProperties(m), "id must be a UUID");
   ExpectRejected(EncodeStructuredJson(m), "id must be a UUID");
@@ -919,7 +919,8 @@ TEST(ValidateMessageTest, IdRules) {
 }
 
 TEST(ValidateMessageTest, HeaderNamesMustWorkInEveryBinding) {
-  for (const char* ok : {"x-tenant", "Tenant", "app_id", "X-Request-Id", "tenant-1", "caf\xC3\xA9"}) {
+  for (const char* ok :
+       {"x-tenant", "Tenant", "app_id", "X-Request-Id", "tenant-1", "caf\xC3\xA9"}) {
     Message m = FullMessage();
     m.headers = {{ok, "v"}};
     EXPECT_TRUE(ValidateMessage(m).ok()) << ok << ": " << ValidateMessage(m);
@@ -1005,9 +1006,9 @@ TEST(ValidateMessageTest, OtherFieldRules) {
     m.source = source;
     EXPECT_TRUE(ValidateMessage(m).ok()) << source << ": " << ValidateMessage(m);
   }
-  for (const char* ct : {"application/json", "application/json; charset=utf-8",
-                         "text/plain;charset=\"utf-8\"", "application/vnd.apache.thrift.binary",
-                         "multipart/mixed; boundary=\"a b\"; x=y"}) {
+  for (const char* ct :
+       {"application/json", "application/json; charset=utf-8", "text/plain;charset=\"utf-8\"",
+        "application/vnd.apache.thrift.binary", "multipart/mixed; boundary=\"a b\"; x=y"}) {
     Message m = FullMessage();
     m.datacontenttype = ct;
     EXPECT_TRUE(ValidateMessage(m).ok()) << ct << ": " << ValidateMessage(m);

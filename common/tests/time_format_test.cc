@@ -81,32 +81,32 @@ TEST(TimeFormatTest, ParsesOffsetsAndFractions) {
 TEST(TimeFormatTest, RejectsWhatIsNotRfc3339) {
   for (const char* bad : {
            "",
-           "2018-04-05",                      // date only
-           "2018-04-05T17:31:00",             // no offset
-           "2018-04-05 17:31:00Z",            // space instead of T
-           "2018-04-05T17:31Z",               // no seconds
-           "2018-4-05T17:31:00Z",             // one-digit month
-           "18-04-05T17:31:00Z",              // two-digit year
-           "2018-04-05T17:31:00.Z",           // '.' without digits
-           "2018-04-05T17:31:00+0200",        // offset without ':'
-           "2018-04-05T17:31:00+2:00",        // one-digit offset hour
-           "2018-04-05T17:31:00+24:00",       // offset out of range
+           "2018-04-05",                 // date only
+           "2018-04-05T17:31:00",        // no offset
+           "2018-04-05 17:31:00Z",       // space instead of T
+           "2018-04-05T17:31Z",          // no seconds
+           "2018-4-05T17:31:00Z",        // one-digit month
+           "18-04-05T17:31:00Z",         // two-digit year
+           "2018-04-05T17:31:00.Z",      // '.' without digits
+           "2018-04-05T17:31:00+0200",   // offset without ':'
+           "2018-04-05T17:31:00+2:00",   // one-digit offset hour
+           "2018-04-05T17:31:00+24:00",  // offset out of range
            "2018-04-05T17:31:00+02:60",
-           "2018-04-05T17:31:00ZZ",           // trailing text
+           "2018-04-05T17:31:00ZZ",  // trailing text
            "2018-04-05T17:31:00Z ",
            " 2018-04-05T17:31:00Z",
-           "2018-02-29T00:00:00Z",            // not a leap year
+           "2018-02-29T00:00:00Z",  // not a leap year
            "2018-13-01T00:00:00Z",
            "2018-00-01T00:00:00Z",
            "2018-04-31T00:00:00Z",
            "2018-04-00T00:00:00Z",
            "2018-04-05T24:00:00Z",
            "2018-04-05T23:60:00Z",
-           "2016-12-31T23:59:60Z",            // leap second
+           "2016-12-31T23:59:60Z",  // leap second
            "2018-04-05T17:31:61Z",
-           "1600-01-01T00:00:00Z",            // before system_clock's range
-           "2300-01-01T00:00:00Z",            // after it
-           "２０18-04-05T17:31:00Z",          // non-ASCII digits
+           "1600-01-01T00:00:00Z",    // before system_clock's range
+           "2300-01-01T00:00:00Z",    // after it
+           "２０18-04-05T17:31:00Z",  // non-ASCII digits
        }) {
     const auto r = ParseRfc3339(bad);
     EXPECT_FALSE(r.ok()) << bad;

@@ -36,18 +36,18 @@ TEST(Utf8Test, AcceptsWellFormedText) {
   EXPECT_TRUE(IsValidUtf8(""));
   EXPECT_TRUE(IsValidUtf8("plain ascii"));
   EXPECT_TRUE(IsValidUtf8(std::string("nul\0inside", 10)));  // NUL is well-formed UTF-8
-  EXPECT_TRUE(IsValidUtf8("\xC3\xA9"));                       // U+00E9
-  EXPECT_TRUE(IsValidUtf8("\xE2\x82\xAC"));                   // U+20AC
-  EXPECT_TRUE(IsValidUtf8("\xEF\xBF\xBD"));                   // U+FFFD
-  EXPECT_TRUE(IsValidUtf8("\xF0\x9F\x98\x80"));               // U+1F600
-  EXPECT_TRUE(IsValidUtf8("\xF4\x8F\xBF\xBF"));               // U+10FFFF, the last code point
-  EXPECT_TRUE(IsValidUtf8("\xED\x9F\xBF"));                   // U+D7FF, just below surrogates
-  EXPECT_TRUE(IsValidUtf8("\xEE\x80\x80"));                   // U+E000, just above them
+  EXPECT_TRUE(IsValidUtf8("\xC3\xA9"));                      // U+00E9
+  EXPECT_TRUE(IsValidUtf8("\xE2\x82\xAC"));                  // U+20AC
+  EXPECT_TRUE(IsValidUtf8("\xEF\xBF\xBD"));                  // U+FFFD
+  EXPECT_TRUE(IsValidUtf8("\xF0\x9F\x98\x80"));              // U+1F600
+  EXPECT_TRUE(IsValidUtf8("\xF4\x8F\xBF\xBF"));              // U+10FFFF, the last code point
+  EXPECT_TRUE(IsValidUtf8("\xED\x9F\xBF"));                  // U+D7FF, just below surrogates
+  EXPECT_TRUE(IsValidUtf8("\xEE\x80\x80"));                  // U+E000, just above them
 }
 
 TEST(Utf8Test, RejectsOverlongForms) {
-  EXPECT_FALSE(IsValidUtf8("\xC0\x80"));          // U+0000 in two bytes ("modified UTF-8")
-  EXPECT_FALSE(IsValidUtf8("\xC0\xAF"));          // '/' in two bytes
+  EXPECT_FALSE(IsValidUtf8("\xC0\x80"));  // U+0000 in two bytes ("modified UTF-8")
+  EXPECT_FALSE(IsValidUtf8("\xC0\xAF"));  // '/' in two bytes
   EXPECT_FALSE(IsValidUtf8("\xC1\xBF"));
   EXPECT_FALSE(IsValidUtf8("\xE0\x80\xAF"));      // '/' in three bytes
   EXPECT_FALSE(IsValidUtf8("\xE0\x9F\xBF"));      // U+07FF in three bytes
@@ -61,19 +61,23 @@ TEST(Utf8Test, RejectsSurrogatesAndBeyondU10FFFF) {
   EXPECT_FALSE(IsValidUtf8("\xED\xA0\xBD\xED\xB8\x80"));  // CESU-8 pair for U+1F600
   EXPECT_FALSE(IsValidUtf8("\xF4\x90\x80\x80"));          // U+110000
   EXPECT_FALSE(IsValidUtf8("\xF5\x80\x80\x80"));
-  EXPECT_FALSE(IsValidUtf8("\xF8\x88\x80\x80\x80"));      // old 5-byte form
+  EXPECT_FALSE(IsValidUtf8("\xF8\x88\x80\x80\x80"));  // old 5-byte form
   EXPECT_FALSE(IsValidUtf8("\xFE"));
   EXPECT_FALSE(IsValidUtf8("\xFF"));
 }
 
 TEST(Utf8Test, RejectsTruncatedAndStrayBytes) {
-  EXPECT_FALSE(IsValidUtf8("\x80"));            // lone continuation
-  EXPECT_FALSE(IsValidUtf8("a\xBF" "b"));
-  EXPECT_FALSE(IsValidUtf8("\xC3"));            // truncated at the end
+  EXPECT_FALSE(IsValidUtf8("\x80"));  // lone continuation
+  EXPECT_FALSE(
+      IsValidUtf8("a\xBF"
+                  "b"));
+  EXPECT_FALSE(IsValidUtf8("\xC3"));  // truncated at the end
   EXPECT_FALSE(IsValidUtf8("\xE2\x82"));
   EXPECT_FALSE(IsValidUtf8("\xF0\x9F\x98"));
-  EXPECT_FALSE(IsValidUtf8("\xE2\x82" "A"));    // truncated before ASCII
-  EXPECT_FALSE(IsValidUtf8("\xC3\xC3\xA9"));    // a lead byte where a continuation belongs
+  EXPECT_FALSE(
+      IsValidUtf8("\xE2\x82"
+                  "A"));                      // truncated before ASCII
+  EXPECT_FALSE(IsValidUtf8("\xC3\xC3\xA9"));  // a lead byte where a continuation belongs
 }
 
 TEST(Utf8Test, FindInvalidUtf8ReportsTheOffset) {
@@ -104,22 +108,22 @@ TEST(Utf8Test, AttributeTextRejectsControlsAndNoncharacters) {
   EXPECT_TRUE(IsValidAttributeText(""));
   EXPECT_TRUE(IsValidAttributeText("com.example.order.placed"));
   EXPECT_TRUE(IsValidAttributeText("caf\xC3\xA9 \xF0\x9F\x98\x80"));
-  EXPECT_TRUE(IsValidAttributeText("\xC2\xA0"));         // U+00A0, first after C1
-  EXPECT_TRUE(IsValidAttributeText("\xEF\xBF\xBD"));     // U+FFFD
+  EXPECT_TRUE(IsValidAttributeText("\xC2\xA0"));      // U+00A0, first after C1
+  EXPECT_TRUE(IsValidAttributeText("\xEF\xBF\xBD"));  // U+FFFD
   EXPECT_FALSE(IsValidAttributeText(std::string("a\0b", 3)));
   EXPECT_FALSE(IsValidAttributeText("line\nbreak"));
   EXPECT_FALSE(IsValidAttributeText("tab\there"));
   EXPECT_FALSE(IsValidAttributeText("\x1F"));
-  EXPECT_FALSE(IsValidAttributeText("\x7F"));             // DEL
-  EXPECT_FALSE(IsValidAttributeText("\xC2\x80"));         // U+0080 (C1)
-  EXPECT_FALSE(IsValidAttributeText("\xC2\x9F"));         // U+009F (C1)
-  EXPECT_FALSE(IsValidAttributeText("\xEF\xB7\x90"));     // U+FDD0 noncharacter
-  EXPECT_FALSE(IsValidAttributeText("\xEF\xB7\xAF"));     // U+FDEF
-  EXPECT_FALSE(IsValidAttributeText("\xEF\xBF\xBE"));     // U+FFFE
-  EXPECT_FALSE(IsValidAttributeText("\xEF\xBF\xBF"));     // U+FFFF
+  EXPECT_FALSE(IsValidAttributeText("\x7F"));              // DEL
+  EXPECT_FALSE(IsValidAttributeText("\xC2\x80"));          // U+0080 (C1)
+  EXPECT_FALSE(IsValidAttributeText("\xC2\x9F"));          // U+009F (C1)
+  EXPECT_FALSE(IsValidAttributeText("\xEF\xB7\x90"));      // U+FDD0 noncharacter
+  EXPECT_FALSE(IsValidAttributeText("\xEF\xB7\xAF"));      // U+FDEF
+  EXPECT_FALSE(IsValidAttributeText("\xEF\xBF\xBE"));      // U+FFFE
+  EXPECT_FALSE(IsValidAttributeText("\xEF\xBF\xBF"));      // U+FFFF
   EXPECT_FALSE(IsValidAttributeText("\xF0\x9F\xBF\xBE"));  // U+1FFFE
   EXPECT_FALSE(IsValidAttributeText("\xF4\x8F\xBF\xBF"));  // U+10FFFF
-  EXPECT_FALSE(IsValidAttributeText("\xC0\x80"));         // ill-formed stays ill-formed
+  EXPECT_FALSE(IsValidAttributeText("\xC0\x80"));          // ill-formed stays ill-formed
 }
 
 TEST(Utf8Test, ValidateAttributeTextNamesTheFieldAndTheProblem) {

@@ -150,9 +150,9 @@ Result<Message> DecodeMqtt311(std::string_view topic, std::string_view payload);
 
 // ---- Structured JSON (application/cloudevents+json) -------------------------------------------
 
-// One compact JSON object: specversion, id, source, type, subject, time, datacontenttype,
-// traceparent, keyseq (a JSON string of decimal digits: it is an int64, beyond the CloudEvents
-// Integer range), the extensions as top-level members, then the data:
+// One compact JSON object: specversion, id, source, type, subject, time, traceparent, keyseq (a
+// JSON string of decimal digits: it is an int64, beyond the CloudEvents Integer range), the
+// extensions as top-level members, datacontenttype, then the data:
 //   - `data` holding the payload itself when datacontenttype declares JSON (IsJsonContentType)
 //     and the payload is exactly one strict JSON value with no surrounding whitespace and nesting
 //     at most kMaxJsonDataDepth;
