@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -15,9 +16,9 @@
 #include <vector>
 
 #include "converge/broker/kafka.h"
+#include "converge/common/envelope.h"
 #include "kafka_config.h"
 #include "kafka_errors.h"
-#include "kafka_headers.h"
 #include "rdkafka_handles.h"
 
 namespace converge::broker {
@@ -145,27 +146,30 @@ Status KafkaPublisher::ProduceOne(const Message& message, uint64_t token,
   if (!IsValidTopicName(message.topic)) {
     return Status::FailedPrecondition("invalid Kafka topic name \"" + message.topic + "\"");
   }
-  KafkaHeaders headers(rd_kafka_headers_new(8));
-  for (const auto& [name, value] : internal::KafkaHeadersFor(message)) {
+  // The CloudEvents attributes as ce_* headers (common/'s envelope codec). A message the codec
+  // rejects can never be published as it is: kInvalidArgument, naming the field.
+  Result<HeaderList> encoded = EncodeKafkaHeaders(message);
+  if (!encoded.ok()) return encoded.status().WithContext("kafka envelope");
+  KafkaHeaders headers(rd_kafka_headers_new(encoded->size()));
+  for (const auto& [name, value] : *encoded) {
     rd_kafka_header_add(headers.get(), name.data(), static_cast<ssize_t>(name.size()),
                         value.data(), static_cast<ssize_t>(value.size()));
   }
-  const int64_t timestamp_ms =
-      message.time.time_since_epoch().count() == 0
-          ? 0  // librdkafka stamps the produce time
-          : std::chrono::duration_cast<std::chrono::milliseconds>(message.time.time_since_epoch())
-                .count();
-  const void* key = message.subject.empty() ? nullptr : message.subject.data();
+  const std::optional<std::string> key = KafkaKey(message);  // the subject, or no key
+  const void* key_data = key ? key->data() : nullptr;
+  const size_t key_size = key ? key->size() : 0;
 
   while (true) {
     // RD_KAFKA_MSG_F_COPY: librdkafka keeps its own copy, because the message may outlive this
-    // batch (a late delivery after a kDeadlineExceeded answer).
+    // batch (a late delivery after a kDeadlineExceeded answer). No record timestamp is given:
+    // librdkafka stamps the produce time. The enqueue time travels in ce_time; as the record
+    // timestamp it would let time-based retention delete a row published late (after an
+    // outage) almost at once.
     rd_kafka_resp_err_t err = rd_kafka_producev(
         producer_.get(), RD_KAFKA_V_TOPIC(message.topic.c_str()),
-        RD_KAFKA_V_KEY(key, message.subject.size()),
+        RD_KAFKA_V_KEY(key_data, key_size),
         RD_KAFKA_V_VALUE(const_cast<char*>(message.payload.data()), message.payload.size()),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(headers.get()),
-        RD_KAFKA_V_TIMESTAMP(timestamp_ms),
         RD_KAFKA_V_OPAQUE(reinterpret_cast<void*>(static_cast<uintptr_t>(token))),
         RD_KAFKA_V_END);
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {

@@ -117,15 +117,29 @@ TEST(KafkaPublisherTest, PublishedBatchReadsBackWithHeadersAndPerKeyOrder) {
 TEST(KafkaPublisherTest, MessageLargerThanMessageMaxBytesIsFailedPrecondition) {
   const std::string topic = UniqueName("pub-too-large");
   std::vector<Message> messages = {MakeMessage(topic, "k", 1),
-                                   MakeMessage(topic, "big", 1, std::string(2'000'000, 'x')),
+                                   MakeMessage(topic, "big", 1, std::string(200'000, 'x')),
                                    MakeMessage(topic, "k", 2)};
-  auto publisher = NewPublisher(TestPublisherOptions(SharedBootstrap()));
+  KafkaOptions options = TestPublisherOptions(SharedBootstrap());
+  options.properties["message.max.bytes"] = "100000";  // librdkafka checks it before sending
+  auto publisher = NewPublisher(options);
   ASSERT_TRUE(publisher);
   const auto results = publisher->PublishBatch(Pointers(messages), 30s);
   EXPECT_TRUE(results[0].status.ok()) << results[0].status;
   EXPECT_EQ(results[1].status.code(), StatusCode::kFailedPrecondition) << results[1].status;
   EXPECT_NE(results[1].status.message().find("MSG_SIZE_TOO_LARGE"), std::string::npos);
   EXPECT_TRUE(results[2].status.ok()) << results[2].status;
+}
+
+// Above MessageLimits::kMaxPayloadBytes the envelope codec refuses the message before librdkafka
+// sees it.
+TEST(KafkaPublisherTest, PayloadAboveConvergeLimitIsInvalidArgument) {
+  const std::string topic = UniqueName("pub-over-limit");
+  std::vector<Message> messages = {
+      MakeMessage(topic, "big", 1, std::string(MessageLimits::kMaxPayloadBytes + 1, 'x'))};
+  auto publisher = NewPublisher(TestPublisherOptions(SharedBootstrap()));
+  ASSERT_TRUE(publisher);
+  const auto results = publisher->PublishBatch(Pointers(messages), 30s);
+  EXPECT_EQ(results[0].status.code(), StatusCode::kInvalidArgument) << results[0].status;
 }
 
 TEST(KafkaPublisherTest, BrokerRejectingAsTooLargeIsFailedPrecondition) {
@@ -150,6 +164,21 @@ TEST(KafkaPublisherTest, InvalidTopicNameIsFailedPrecondition) {
   for (const auto& r : publisher->PublishBatch(Pointers(messages), 5s)) {
     EXPECT_EQ(r.status.code(), StatusCode::kFailedPrecondition) << r.status;
   }
+}
+
+TEST(KafkaPublisherTest, MessageTheEnvelopeRejectsIsInvalidArgument) {
+  const std::string topic = UniqueName("pub-invalid");
+  std::vector<Message> messages = {MakeMessage(topic, "k", 1), MakeMessage(topic, "k", 2),
+                                   MakeMessage(topic, "k", 3)};
+  messages[0].id = "not-a-uuid";
+  messages[1].headers["ce_sneaky"] = "x";  // would read back as a CloudEvents attribute
+  auto publisher = NewPublisher(TestPublisherOptions(SharedBootstrap()));
+  ASSERT_TRUE(publisher);
+  const auto results = publisher->PublishBatch(Pointers(messages), 30s);
+  EXPECT_EQ(results[0].status.code(), StatusCode::kInvalidArgument) << results[0].status;
+  EXPECT_NE(results[0].status.message().find("id"), std::string::npos) << results[0].status;
+  EXPECT_EQ(results[1].status.code(), StatusCode::kInvalidArgument) << results[1].status;
+  EXPECT_TRUE(results[2].status.ok()) << results[2].status;
 }
 
 TEST(KafkaPublisherTest, BrokerDownLongerThanMessageTimeoutIsRetriableThenRecovers) {

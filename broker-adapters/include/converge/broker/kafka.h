@@ -103,8 +103,9 @@ struct KafkaSourceOptions {
 
 // Creates a Kafka publisher. kInvalidArgument for bad options or librdkafka properties.
 //
+// Key, value and headers come from common/'s envelope codec (KafkaKey, EncodeKafkaHeaders).
 // Delivery results (see the table in broker-adapters/README.md): OK only on a successful
-// delivery report; kDeadlineExceeded when the message may have been written (timed out in
+// delivery report; kInvalidArgument when the codec rejects the message; kDeadlineExceeded when the message may have been written (timed out in
 // flight, no report within the batch timeout, or the producer hit a fatal error and was
 // recreated); kUnavailable when it was not written and a retry may succeed; kFailedPrecondition
 // when it can never be written as it is (too large, not authorized, invalid topic name).
