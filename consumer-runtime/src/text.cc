@@ -1,7 +1,6 @@
 #include "text.h"
 
-#include <cstdio>
-
+#include "converge/common/json.h"
 #include "converge/common/utf8.h"
 
 namespace converge::consumer::internal {
@@ -25,44 +24,12 @@ std::string SafeText(std::string_view s) {
   return out;
 }
 
-namespace {
-
-void AppendJsonString(std::string& out, std::string_view s) {
-  out += '"';
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  out += '"';
-}
-
-}  // namespace
 
 std::string HeadersJson(const std::vector<std::pair<std::string, std::string>>& headers) {
-  std::string out = "{";
-  bool first = true;
-  for (const auto& [name, value] : headers) {
-    if (!first) out += ',';
-    first = false;
-    AppendJsonString(out, SafeText(name));
-    out += ':';
-    AppendJsonString(out, SafeText(value));
-  }
-  out += '}';
-  return out;
+  std::vector<std::pair<std::string, std::string>> safe;
+  safe.reserve(headers.size());
+  for (const auto& [name, value] : headers) safe.emplace_back(SafeText(name), SafeText(value));
+  return JsonObjectOfStrings(safe);
 }
 
 }  // namespace converge::consumer::internal
