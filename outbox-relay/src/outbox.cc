@@ -4,7 +4,10 @@
 
 #include <regex>
 
+#include "converge/common/envelope.h"
+#include "converge/common/json.h"
 #include "converge/common/message.h"
+#include "converge/common/time_format.h"
 #include "converge/common/uuid.h"
 #include "converge/schemas/pg.h"
 
@@ -24,48 +27,6 @@ bool HeaderNameChar(char c) { return TopicChar(c) && c != '/'; }
 
 Status Invalid(const std::string& what) {
   return Status::InvalidArgument("converge.enqueue: " + what);
-}
-
-std::string HeadersJson(const std::map<std::string, std::string>& headers) {
-  std::string out = "{";
-  bool first = true;
-  auto quote = [&out](const std::string& s) {
-    out += '"';
-    for (unsigned char c : s) {
-      switch (c) {
-        case '"': out += "\\\""; break;
-        case '\\': out += "\\\\"; break;
-        case '\n': out += "\\n"; break;
-        case '\r': out += "\\r"; break;
-        case '\t': out += "\\t"; break;
-        default:
-          if (c < 0x20) {
-            char buf[8];
-            std::snprintf(buf, sizeof buf, "\\u%04x", c);
-            out += buf;
-          } else {
-            out += static_cast<char>(c);
-          }
-      }
-    }
-    out += '"';
-  };
-  for (const auto& [k, v] : headers) {
-    if (!first) out += ',';
-    first = false;
-    quote(k);
-    out += ':';
-    quote(v);
-  }
-  out += '}';
-  return out;
-}
-
-std::string Rfc3339(std::chrono::system_clock::time_point t) {
-  const auto ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
-  // PostgreSQL parses "epoch-seconds" through to_timestamp; keep millisecond precision.
-  return std::to_string(ms / 1000) + "." + std::to_string(1000 + ms % 1000).substr(1);
 }
 
 }  // namespace
@@ -113,18 +74,33 @@ Status Validate(const OutboxMessage& m) {
   }
   if (!m.message_id.empty() && !Uuid::Parse(m.message_id).ok())
     return Invalid("message_id \"" + m.message_id + "\" is not a UUID");
+  // Everything the envelope will check when the relay publishes the message (UTF-8 and control
+  // characters, the source's URI form, the media type, header names every binding can carry):
+  // a message that could never be published is refused here, not dead-lettered later.
+  Message envelope;
+  envelope.id = m.message_id.empty() ? "00000000-0000-7000-8000-000000000000" : m.message_id;
+  envelope.source = m.source.empty() ? "/converge" : m.source;  // empty = the database default
+  envelope.type = m.type;
+  envelope.subject = m.key;
+  envelope.topic = m.topic;
+  envelope.datacontenttype = m.content_type;
+  envelope.traceparent = m.traceparent;
+  envelope.headers = m.headers;
+  envelope.sequence = 1;
+  // The payload is not copied: its size was checked above and it is bytes, not text.
+  if (Status st = ValidateMessage(envelope); !st.ok()) return Invalid(st.message());
   return Status::Ok();
 }
 
 Result<Enqueued> Enqueue(pqxx::transaction_base& tx, const OutboxMessage& m) {
   CONVERGE_RETURN_IF_ERROR(Validate(m));
   const std::string id = m.message_id.empty() ? NewUuidV7().ToString() : m.message_id;
-  const std::string headers = HeadersJson(m.headers);
-  const std::string expires = m.expires_at ? Rfc3339(*m.expires_at) : std::string();
+  const std::string headers = JsonObjectOfStrings(m.headers);
+  const std::string expires = m.expires_at ? FormatRfc3339(*m.expires_at) : std::string();
   try {
     auto r = tx.exec_params(
         "SELECT message_id::text, seq FROM converge.enqueue_message($1, $2, $3, $4, $5::jsonb, "
-        "$6, $7, $8, $9::uuid, to_timestamp($10::double precision))",
+        "$6, $7, $8, $9::uuid, $10::timestamptz)",
         m.topic, m.key, m.type, pqxx::binarystring(m.payload.data(), m.payload.size()), headers,
         m.content_type, m.source.empty() ? nullptr : m.source.c_str(),
         m.traceparent.empty() ? nullptr : m.traceparent.c_str(), id,

@@ -43,14 +43,14 @@ TEST(EnqueueTest, BinaryPayloadHeadersExpiryAndTraceparentRoundTrip) {
   OutboxMessage m{.topic = "devices/d1/cmd", .key = "d1", .type = "cmd.reboot"};
   m.payload = std::string("\x00\x01\xff\"\\", 5);
   m.content_type = "application/octet-stream";
-  m.headers = {{"tenant", "a\"b\\c\n"}, {"x-y", "z"}};
+  m.headers = {{"x-tenant", "a\"b\\c é"}, {"x-y", "z"}};
   m.traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
   m.expires_at = std::chrono::system_clock::time_point(std::chrono::milliseconds(4102444800123));
   auto r = Enqueue(tx, m);
   ASSERT_TRUE(r.ok()) << r.status();
   tx.commit();
   EXPECT_EQ(db.Scalar("SELECT encode(payload, 'hex') FROM converge.outbox"), "0001ff225c");
-  EXPECT_EQ(db.Scalar("SELECT headers->>'tenant' FROM converge.outbox"), "a\"b\\c\n");
+  EXPECT_EQ(db.Scalar("SELECT headers->>'x-tenant' FROM converge.outbox"), "a\"b\\c é");
   EXPECT_EQ(db.Scalar("SELECT traceparent FROM converge.outbox"), m.traceparent);
   EXPECT_EQ(db.Scalar("SELECT (extract(epoch FROM expires_at) * 1000)::bigint FROM converge.outbox"),
             "4102444800123");

@@ -31,6 +31,12 @@ TEST(ValidateTest, NamesTheBadField) {
        "more than 64 headers"},
       {[](auto& m) { m.message_id = "not-a-uuid"; }, "is not a UUID"},
       {[](auto& m) { m.content_type = ""; }, "content_type"},
+      // The envelope's rules, checked at enqueue so a row can always be published.
+      {[](auto& m) { m.headers["x-note"] = "line\nbreak"; }, "x-note"},
+      {[](auto& m) { m.headers["tenant"] = "acme"; }, "tenant"},
+      {[](auto& m) { m.source = "not a uri"; }, "source"},
+      {[](auto& m) { m.content_type = "json"; }, "datacontenttype"},
+      {[](auto& m) { m.key = "bad\xff"; }, "subject"},
   };
   for (const auto& c : cases) {
     OutboxMessage m = Good();
