@@ -117,8 +117,14 @@ TEST(RelayKafkaTest, BrokerDownLongerThanMessageTimeoutLosesNothing) {
   auto relay = f.MakeRelay(milliseconds(1500));
   f.Enqueue(10, 10);
   ASSERT_TRUE(f.kafka->SetBrokerDown(-1).ok());
-  const auto until = std::chrono::steady_clock::now() + milliseconds(4000);
-  while (std::chrono::steady_clock::now() < until) {
+  // Keep the broker down for well over message.timeout.ms, and until three failed batches in a
+  // row have opened the circuit breaker (each failed batch waits for librdkafka's timeout).
+  const auto start = std::chrono::steady_clock::now();
+  const auto at_least = start + milliseconds(4000);
+  const auto at_most = start + milliseconds(30000);
+  while (std::chrono::steady_clock::now() < at_most &&
+         (std::chrono::steady_clock::now() < at_least ||
+          relay->stats().breaker_open.load() == 0)) {
     auto r = relay->RunOnce();
     (void)r;
     std::this_thread::sleep_for(milliseconds(50));
