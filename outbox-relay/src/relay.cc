@@ -31,8 +31,7 @@ std::string DefaultInstanceId() {
 // Maps a permanent delivery error to the dead-letter error_code.
 std::string ErrorCodeFor(const Status& st) {
   const std::string& m = st.message();
-  if (m.find("too large") != std::string::npos || m.find("TOO_LARGE") != std::string::npos ||
-      m.find("size") != std::string::npos)
+  if (m.find("too large") != std::string::npos || m.find("TOO_LARGE") != std::string::npos)
     return "too_large";
   if (m.find("uthoriz") != std::string::npos || m.find("AUTHORIZATION") != std::string::npos)
     return "not_authorized";

@@ -241,7 +241,7 @@ TEST(RelayTest, LostLeaseFencesTheDelete) {
   EXPECT_EQ(relay.stats().fenced.load(), 1u);
 }
 
-TEST(RelayTest, TwoRelaysSplitTheSlotsAndAStoppedOneHandsThemOver) {
+TEST(RelayTest, TwoRelaysSplitTheSlotsAndEachPublishesItsOwn) {
   TestDatabase db;
   ASSERT_TRUE(db.ok());
   auto o = Options(db);

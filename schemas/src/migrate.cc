@@ -1,5 +1,6 @@
 #include "converge/schemas/migrate.h"
 
+#include <algorithm>
 #include <map>
 
 #include "converge/schemas/pg.h"
@@ -129,11 +130,9 @@ Result<MigrateReport> Migrate(const std::string& db_url, const MigrateOptions& o
       }
       report.applied.push_back(info);
     }
-    report.version = report.applied.empty()
-                         ? (report.existing.empty() ? 0 : report.existing.back().version)
-                         : report.applied.back().version;
-    if (options.dry_run && !report.existing.empty() && report.applied.empty())
-      report.version = report.existing.back().version;
+    // The version after this run (for a dry run: the version it would reach).
+    for (const auto* list : {&report.existing, &report.applied})
+      for (const auto& m : *list) report.version = std::max(report.version, m.version);
     return report;
   } catch (const std::exception& e) {
     return pg::StatusFromException(e).WithContext("migrate");
