@@ -52,3 +52,9 @@ build_tree() {
   fi
   grep -E 'warning:' "$build_dir/build.log" | sort -u | head -20 >&2 || true
 }
+
+# True when scripts/services.sh already runs PostgreSQL for this checkout (then a script that
+# did not start the services must not stop them).
+services_running() {
+  "$CONVERGE_ROOT/scripts/services.sh" status 2>/dev/null | grep -q '^postgresql  running'
+}

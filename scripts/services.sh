@@ -136,6 +136,8 @@ kafka_start() {
   if ! kafka_running; then
     log "starting converge-devkafka (librdkafka mock cluster)"
     rm -f "$KAFKA_DIR/bootstrap"
+    # --partitions applies to topics created through devkafka (--topic, create-topic); topics
+    # that clients auto-create get 4 partitions (hard-coded in librdkafka 2.0.2's mock).
     nohup "$DEVKAFKA_BIN" --brokers "${CONVERGE_KAFKA_BROKER_COUNT:-3}" \
       --partitions "${CONVERGE_KAFKA_PARTITIONS:-8}" --bootstrap-file "$KAFKA_DIR/bootstrap" \
       --control-port "$KAFKA_CONTROL_PORT" >"$KAFKA_DIR/devkafka.log" 2>&1 &

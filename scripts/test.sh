@@ -39,7 +39,7 @@ build_tree "$build_dir" "${cmake_args[@]}"
 
 services="$CONVERGE_ROOT/scripts/services.sh"
 started_here=0
-if ! "$services" status 2>/dev/null | grep -q '^postgresql  running'; then started_here=1; fi
+services_running || started_here=1
 cleanup() {
   local rc=$?
   if ((started_here)); then "$services" stop >/dev/null 2>&1 || true; fi
