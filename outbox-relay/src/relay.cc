@@ -214,9 +214,14 @@ void Relay::Impl::Throttle(size_t n) {
   tokens_at_ = now;
   tokens_ -= static_cast<double>(n);
   if (tokens_ < 0) {
-    const auto wait = std::chrono::duration<double>(-tokens_ / options_.rate_limit);
-    Sleep(std::chrono::duration_cast<std::chrono::milliseconds>(wait) +
-          std::chrono::milliseconds(1));
+    // Wait out the debt. WaitForWork returns early on a NOTIFY, so loop to the deadline.
+    const auto deadline =
+        now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                  std::chrono::duration<double>(-tokens_ / options_.rate_limit));
+    while (!stop_.load() && clock_->Monotonic() < deadline)
+      WaitForWork(std::chrono::duration_cast<std::chrono::milliseconds>(
+                      deadline - clock_->Monotonic()) +
+                  std::chrono::milliseconds(1));
   }
 }
 

@@ -205,6 +205,32 @@ TEST(RelayTest, BrokerDownOpensTheBreakerAndLosesNothing) {
   ExpectPerKeyOrder(fake->published());
 }
 
+// A rate limit is a floor on elapsed time (a busier machine only makes it slower), so this
+// asserts a lower bound only: 100 rows at 50/s with one second of burst need >= 1 s.
+TEST(RelayTest, RateLimitSpacesPublishes) {
+  TestDatabase db;
+  ASSERT_TRUE(db.ok());
+  for (int k = 0; k < 100; ++k) EnqueueSql(db, "t", "k" + std::to_string(k), 1);
+  auto o = Options(db);
+  o.rate_limit = 50;
+  auto pub = std::make_unique<FakePublisher>();
+  FakePublisher* fake = pub.get();
+  Relay relay(o, std::move(pub));
+  // NOTIFYs arriving meanwhile must not cut the wait short.
+  std::thread noise([&] {
+    for (int i = 0; i < 20; ++i) {
+      db.Scalar("SELECT pg_notify('converge_outbox', '')");
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  });
+  const auto start = std::chrono::steady_clock::now();
+  Drain(relay);
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  noise.join();
+  EXPECT_EQ(fake->published().size(), 100u);
+  EXPECT_GE(elapsed, std::chrono::milliseconds(950));
+}
+
 TEST(RelayTest, ExpiredMessageIsDeadLetteredWithoutParking) {
   TestDatabase db;
   ASSERT_TRUE(db.ok());
