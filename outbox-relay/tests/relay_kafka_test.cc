@@ -34,7 +34,9 @@ struct Fixture {
     auto k = broker::KafkaMockCluster::Start(3);
     EXPECT_TRUE(k.ok()) << k.status();
     if (k.ok()) kafka = std::move(k).value();
-    if (kafka) EXPECT_TRUE(kafka->CreateTopic(topic, 4).ok());
+    if (kafka) {
+      EXPECT_TRUE(kafka->CreateTopic(topic, 4).ok());
+    }
   }
 
   std::unique_ptr<Relay> MakeRelay(milliseconds message_timeout = milliseconds(5000),
