@@ -22,6 +22,7 @@
 #include <pqxx/pqxx>
 
 #include "converge/common/envelope.h"
+#include "converge/common/failpoint.h"
 #include "converge/common/log.h"
 #include "converge/common/uuid.h"
 #include "converge/schemas/pg.h"
@@ -540,7 +541,9 @@ class Consumer::Impl final : public broker::AssignmentListener {
           if (r.affected_rows() != 1)
             throw std::logic_error("consumer: fenced offset row changed inside the transaction");
         }
+        Failpoint("consumer.before_commit");
         tx.exec0("COMMIT");
+        Failpoint("consumer.after_commit");  // committed locally, not yet acked to the broker
       } catch (const std::exception& e) {
         Status st = pg::StatusFromException(e);
         // An error from COMMIT itself leaves the outcome unknown; the re-run's fence reads the

@@ -11,6 +11,7 @@
 
 #include <pqxx/pqxx>
 
+#include "converge/common/failpoint.h"
 #include "converge/common/log.h"
 #include "converge/common/uuid.h"
 #include "converge/schemas/pg.h"
@@ -266,7 +267,11 @@ BatchOutcome Relay::Impl::PublishRows(const std::vector<OutboxRow>& rows, bool* 
     }
     Throttle(messages.size());
     std::vector<broker::DeliveryResult> results;
-    if (!messages.empty()) results = publisher_->PublishBatch(messages, options_.publish_timeout);
+    if (!messages.empty()) {
+      Failpoint("relay.before_publish");
+      results = publisher_->PublishBatch(messages, options_.publish_timeout);
+      Failpoint("relay.after_publish");  // the broker answered; the rows are not deleted yet
+    }
 
     std::set<size_t> failed_rows(stopped_keys_rows.begin(), stopped_keys_rows.end());
     size_t ok = 0, retriable = 0;
@@ -367,6 +372,7 @@ Result<size_t> Relay::Impl::RunOnce() {
   bool broker_down = false;
   BatchOutcome outcome = PublishRows(rows, &broker_down);
   auto done = store_.Complete(rows, outcome);
+  Failpoint("relay.after_complete");
   if (!done.ok()) {
     // The broker has the rows but the deletes did not commit: they will be published again
     // (duplicates, never losses). Consumers dedupe by message id.
