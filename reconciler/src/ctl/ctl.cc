@@ -552,6 +552,21 @@ JsonWriter& JsonWriter::FieldInt(std::string_view key, const pqxx::field& f) {
   return f.is_null() ? Null() : Int(f.as<int64_t>());
 }
 
+std::string FormatAge(int64_t seconds) {
+  if (seconds < 0) seconds = 0;
+  const int64_t d = seconds / 86400, h = seconds % 86400 / 3600, m = seconds % 3600 / 60,
+                s = seconds % 60;
+  if (d > 0) return std::to_string(d) + "d" + (h ? std::to_string(h) + "h" : "");
+  if (h > 0) return std::to_string(h) + "h" + (m ? std::to_string(m) + "m" : "");
+  if (m > 0) return std::to_string(m) + "m" + (s ? std::to_string(s) + "s" : "");
+  return std::to_string(s) + "s";
+}
+
+std::string SqlTime(std::string_view column) {
+  const std::string c(column);
+  return "to_char(" + c + " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
+}
+
 std::string Cell(const pqxx::field& f) { return f.is_null() ? "-" : f.c_str(); }
 
 std::string Bytes(const pqxx::field& f) {

@@ -237,6 +237,13 @@ std::string Cell(const pqxx::field& f);
 std::string PayloadForDisplay(std::string_view bytes, std::string* encoding);
 std::string Base64(std::string_view bytes);
 
+// "45s", "3m12s", "2h5m", "3d4h": an age for people.
+std::string FormatAge(int64_t seconds);
+
+// SQL text formatting a timestamptz column as RFC 3339 UTC with milliseconds, e.g.
+// SqlTime("failed_at") for a SELECT list. `column` must be a literal column name.
+std::string SqlTime(std::string_view column);
+
 // Reads a bytea field into raw bytes.
 std::string Bytes(const pqxx::field& f);
 
