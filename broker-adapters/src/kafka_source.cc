@@ -51,6 +51,7 @@ class KafkaSource final : public MessageSource {
                                            std::chrono::milliseconds timeout) override;
   void Ack(const std::vector<ReceivedRecord>& records) override;
   Status Seek(const TopicPartition& tp, int64_t offset) override;
+  std::optional<int64_t> HighWatermark(const TopicPartition& tp) const override;
   void Close() override;
 
  private:
@@ -86,8 +87,8 @@ void KafkaSource::Assign(rd_kafka_topic_partition_list_t* partitions, bool coope
   if (cooperative) {
     KafkaError error(rd_kafka_incremental_assign(consumer_.get(), partitions));
     if (error) {
-      pending_error_ = MapConsumerError(rd_kafka_error_code(error.get()),
-                                        rd_kafka_error_string(error.get()));
+      pending_error_ =
+          MapConsumerError(rd_kafka_error_code(error.get()), rd_kafka_error_string(error.get()));
     }
   } else if (rd_kafka_resp_err_t err = rd_kafka_assign(consumer_.get(), partitions)) {
     pending_error_ = MapConsumerError(err, "assign");
@@ -158,7 +159,8 @@ Result<std::vector<ReceivedRecord>> KafkaSource::Poll(size_t max_records,
   while (out.size() < max_records) {
     int wait_ms = 0;
     if (out.empty() && error.ok()) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
       wait_ms = static_cast<int>(std::clamp<int64_t>(left.count(), 0, INT32_MAX));
     }
     internal::KafkaMessage m(rd_kafka_consumer_poll(consumer_.get(), wait_ms));
@@ -218,6 +220,18 @@ Status KafkaSource::Seek(const TopicPartition& tp, int64_t offset) {
     return MapConsumerError(rd_kafka_error_code(error.get()), rd_kafka_error_string(error.get()));
   }
   return MapConsumerError(list->elems[0].err, "seek");
+}
+
+std::optional<int64_t> KafkaSource::HighWatermark(const TopicPartition& tp) const {
+  if (!consumer_) return std::nullopt;
+  int64_t low = -1, high = -1;
+  // Cached from the last fetch response: no broker round trip.
+  if (rd_kafka_get_watermark_offsets(consumer_.get(), tp.topic.c_str(), tp.partition, &low,
+                                     &high) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+      high < 0) {
+    return std::nullopt;
+  }
+  return high;
 }
 
 void KafkaSource::Close() {

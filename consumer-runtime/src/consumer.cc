@@ -24,6 +24,7 @@
 #include "converge/common/envelope.h"
 #include "converge/common/failpoint.h"
 #include "converge/common/log.h"
+#include "converge/common/metrics.h"
 #include "converge/common/uuid.h"
 #include "converge/schemas/pg.h"
 #include "sequence.h"
@@ -39,7 +40,8 @@ using SteadyTime = std::chrono::steady_clock::time_point;
 
 Status ConsumerOptions::Validate() const {
   if (group.empty()) return Status::InvalidArgument("consumer.group must not be empty");
-  if (topics.empty()) return Status::InvalidArgument("consumer.topics must name at least one topic");
+  if (topics.empty())
+    return Status::InvalidArgument("consumer.topics must name at least one topic");
   for (const auto& t : topics)
     if (t.empty()) return Status::InvalidArgument("consumer.topics must not contain an empty name");
   if (database_url.empty())
@@ -115,10 +117,6 @@ constexpr const char* kPruneSql =
     "AND processed_at < now() - make_interval(secs => $4::double precision) AND \"offset\" < $5 "
     "LIMIT $6))";
 
-constexpr const char* kEnqueueSql =
-    "SELECT message_id::text, seq FROM converge.enqueue_message($1, $2, $3, $4::bytea, "
-    "$5::jsonb, $6, NULL, $7, NULL, NULL)";
-
 enum class Outcome { kApplied, kDuplicate, kConflict, kDeadLettered, kSkipped, kRetryLater };
 
 struct Attempts {
@@ -132,9 +130,7 @@ std::string DefaultMemberId() {
   return std::string(host) + ":" + std::to_string(getpid()) + ":" + NewUuidV7().ToString();
 }
 
-std::string SqlInterval(std::chrono::milliseconds d) {
-  return std::to_string(d.count()) + "ms";
-}
+std::string SqlInterval(std::chrono::milliseconds d) { return std::to_string(d.count()) + "ms"; }
 
 // Nullable text parameter: nullptr binds SQL NULL.
 const char* OrNull(const std::string& s, bool present) { return present ? s.c_str() : nullptr; }
@@ -144,29 +140,31 @@ const char* OrNull(const std::string& s, bool present) { return present ? s.c_st
 // ---- Context ----------------------------------------------------------------------------------
 
 Result<Context::Enqueued> Context::Enqueue(const Outbound& m) {
-  std::map<std::string, std::string> sorted(m.headers.begin(), m.headers.end());
-  std::vector<std::pair<std::string, std::string>> headers(sorted.begin(), sorted.end());
-  const std::string& traceparent = m.traceparent.empty() ? message_.traceparent : m.traceparent;
+  // Validated here first, so a bad message never reaches the server.
+  CONVERGE_RETURN_IF_ERROR(outbox::Validate(m).WithContext("enqueue"));
+  Outbound with_trace;
+  const Outbound* out = &m;
+  if (m.traceparent.empty() && !message_.traceparent.empty()) {
+    with_trace = m;
+    with_trace.traceparent = message_.traceparent;
+    out = &with_trace;
+  }
   try {
-    // A nested savepoint keeps a rejected message (class 22: the SQL validation) from aborting
+    // A nested savepoint keeps a message the server rejects (a taken message id) from aborting
     // the handler's savepoint, so the handler can still decide what to do.
     tx_.exec0("SAVEPOINT converge_enqueue");
-    pqxx::result r = tx_.exec_params(kEnqueueSql, m.topic, m.key, m.type,
-                                     pqxx::binarystring(m.payload),
-                                     internal::HeadersJson(headers), m.content_type,
-                                     traceparent.empty() ? nullptr : traceparent.c_str());
-    tx_.exec0("RELEASE SAVEPOINT converge_enqueue");
-    return Enqueued{r[0][0].as<std::string>(), r[0][1].as<int64_t>()};
   } catch (const std::exception& e) {
-    Status st = pg::StatusFromException(e);
-    try {
-      tx_.exec0("ROLLBACK TO SAVEPOINT converge_enqueue");
-      tx_.exec0("RELEASE SAVEPOINT converge_enqueue");
-    } catch (const std::exception& e2) {
-      return pg::StatusFromException(e2).WithContext("enqueue");
-    }
-    return st.WithContext("enqueue");
+    return pg::StatusFromException(e).WithContext("enqueue");
   }
+  Result<Enqueued> sent = outbox::Enqueue(tx_, *out);
+  try {
+    if (!sent.ok()) tx_.exec0("ROLLBACK TO SAVEPOINT converge_enqueue");
+    tx_.exec0("RELEASE SAVEPOINT converge_enqueue");
+  } catch (const std::exception& e) {
+    return pg::StatusFromException(e).WithContext("enqueue");
+  }
+  if (!sent.ok()) return sent.status().WithContext("enqueue");
+  return sent;
 }
 
 // ---- Impl -------------------------------------------------------------------------------------
@@ -181,6 +179,12 @@ class Consumer::Impl final : public broker::AssignmentListener {
         reconnect_backoff_(opts_.reconnect_backoff),
         log_("consumer", {{"group", opts_.group}}) {
     member_id_ = opts_.member_id.empty() ? DefaultMemberId() : opts_.member_id;
+  }
+
+  ~Impl() override {
+    // Callback series capture `this`: a scrape after the consumer is gone must not reach it.
+    if (registry_ != nullptr)
+      for (const auto& name : callbacks_) (void)registry_->RemoveCallback(name);
   }
 
   // ---- lifecycle ----
@@ -291,6 +295,102 @@ class Consumer::Impl final : public broker::AssignmentListener {
 
   const std::string& member_id() const { return member_id_; }
 
+  Status RegisterMetrics(metrics::Registry& reg) {
+    if (initialized_ || thread_.joinable())
+      return Status::FailedPrecondition("consumer: RegisterMetrics must be called before Start");
+    if (metrics_registered_)
+      return Status::AlreadyExists("consumer: metrics are already registered");
+    const std::string group = opts_.group;
+    struct Series {
+      const char* name;
+      const char* help;
+      uint64_t ConsumerStats::*field;
+    };
+    static constexpr Series kCounters[] = {
+        {"converge_consumer_consumed_total", "Records settled (every outcome)",
+         &ConsumerStats::consumed},
+        {"converge_consumer_applied_total", "Records whose handler ran and committed",
+         &ConsumerStats::applied},
+        {"converge_consumer_duplicates_skipped_total",
+         "Redelivered records skipped by the inbox (same id, same payload)",
+         &ConsumerStats::duplicates_skipped},
+        {"converge_consumer_conflicts_total",
+         "Records with a known id but a different payload (dead-lettered)",
+         &ConsumerStats::conflicts},
+        {"converge_consumer_dead_letters_total", "Records moved to converge.dead_letters",
+         &ConsumerStats::dead_letters},
+        {"converge_consumer_unknown_type_skipped_total", "Records without a handler, skipped",
+         &ConsumerStats::unknown_type_skipped},
+        {"converge_consumer_stale_skipped_total",
+         "Records skipped by the sequence policy (older than the last applied)",
+         &ConsumerStats::stale_skipped},
+        {"converge_consumer_sequence_gaps_total", "Per-key sequence gaps seen",
+         &ConsumerStats::sequence_gaps},
+        {"converge_consumer_retries_total", "Handler attempts that failed with a retriable error",
+         &ConsumerStats::retries},
+        {"converge_consumer_transactions_total", "Committed batch transactions",
+         &ConsumerStats::transactions},
+        {"converge_consumer_transaction_failures_total",
+         "Batch transactions rolled back and re-run", &ConsumerStats::transaction_failures},
+        {"converge_consumer_fenced_total", "Partitions found owned by another member",
+         &ConsumerStats::fenced},
+        {"converge_consumer_pruned_total", "Inbox rows pruned", &ConsumerStats::pruned},
+    };
+    registry_ = &reg;
+    for (const Series& c : kCounters) {
+      auto field = c.field;
+      callbacks_.push_back(c.name);
+      CONVERGE_RETURN_IF_ERROR(reg.AddCallback(
+          c.name, c.help, metrics::MetricType::kCounter, {"group"}, [this, group, field] {
+            return std::vector<metrics::Sample>{{{group}, double(stats().*field)}};
+          }));
+    }
+    callbacks_.insert(callbacks_.end(),
+                      {"converge_consumer_buffered_records", "converge_consumer_committed_offset",
+                       "converge_consumer_lag_records"});
+    CONVERGE_RETURN_IF_ERROR(reg.AddCallback(
+        "converge_consumer_buffered_records", "Records polled and not yet committed",
+        metrics::MetricType::kGauge, {"group"}, [this, group] {
+          return std::vector<metrics::Sample>{{{group}, double(stats().lag)}};
+        }));
+    CONVERGE_RETURN_IF_ERROR(reg.AddCallback(
+        "converge_consumer_committed_offset",
+        "Next offset stored in PostgreSQL per owned partition", metrics::MetricType::kGauge,
+        {"group", "topic", "partition"}, [this, group] {
+          std::vector<metrics::Sample> out;
+          std::lock_guard<std::mutex> lock(stats_mu_);
+          for (const auto& [tp, pos] : positions_)
+            out.push_back({{group, tp.topic, std::to_string(tp.partition)}, double(pos.first)});
+          return out;
+        }));
+    CONVERGE_RETURN_IF_ERROR(reg.AddCallback(
+        "converge_consumer_lag_records",
+        "Broker high watermark minus the stored offset per owned partition (Kafka)",
+        metrics::MetricType::kGauge, {"group", "topic", "partition"}, [this, group] {
+          std::vector<metrics::Sample> out;
+          std::lock_guard<std::mutex> lock(stats_mu_);
+          for (const auto& [tp, pos] : positions_) {
+            if (pos.second < 0) continue;
+            out.push_back({{group, tp.topic, std::to_string(tp.partition)},
+                           double(std::max<int64_t>(0, pos.second - pos.first))});
+          }
+          return out;
+        }));
+    CONVERGE_ASSIGN_OR_RETURN(
+        auto* handler_family,
+        reg.AddHistogramFamily("converge_consumer_handler_seconds", "Handler run time per record",
+                               {"group"}, metrics::DefaultLatencyBuckets()));
+    CONVERGE_ASSIGN_OR_RETURN(handler_hist_, handler_family->WithLabels({group}));
+    CONVERGE_ASSIGN_OR_RETURN(
+        auto* batch_family,
+        reg.AddHistogramFamily("converge_consumer_batch_records",
+                               "Records settled per committed transaction", {"group"},
+                               metrics::ExponentialBuckets(1, 2, 11)));
+    CONVERGE_ASSIGN_OR_RETURN(batch_hist_, batch_family->WithLabels({group}));
+    metrics_registered_ = true;
+    return Status::Ok();
+  }
+
   std::map<std::string, Handler> handlers_;
   Decoder decoder_ = DecodeRecord;
 
@@ -298,26 +398,35 @@ class Consumer::Impl final : public broker::AssignmentListener {
   struct Part {
     bool claimed = false;
     int64_t epoch = 0;
-    int64_t next_offset = 0;       // committed (stored) position
+    int64_t next_offset = 0;         // committed (stored) position
     std::deque<ReceivedRecord> buf;  // polled, not yet committed
-    SteadyTime not_before{};       // retry backoff of the head record
-    SteadyTime next_claim{};       // when an unclaimed partition is tried again
+    SteadyTime not_before{};         // retry backoff of the head record
+    SteadyTime next_claim{};         // when an unclaimed partition is tried again
     int claim_failures = 0;
   };
   // The records of one partition in one batch transaction.
   struct Slice {
     TopicPartition tp;
     int64_t epoch = 0;
-    size_t count = 0;       // records of part.buf in this batch
-    size_t settled = 0;     // records whose outcome was committed
+    size_t count = 0;    // records of part.buf in this batch
+    size_t settled = 0;  // records whose outcome was committed
     bool fenced = false;
   };
   // Outcome counts of one transaction, merged into stats_ only after COMMIT.
   struct Tally {
-    uint64_t applied = 0, duplicates = 0, conflicts = 0, dead = 0, unknown = 0, stale = 0,
-             gaps = 0, retries = 0;
+    uint64_t applied = 0, duplicates = 0, conflicts = 0, dead = 0, unknown = 0, stale = 0, gaps = 0,
+             retries = 0;
     double handler_seconds = 0;
   };
+
+  // Refreshes positions_ from parts_ (consumer thread, stats_mu_ held).
+  void UpdatePositionsLocked() {
+    positions_.clear();
+    for (const auto& [tp, part] : parts_) {
+      if (!part.claimed) continue;
+      positions_[tp] = {part.next_offset, source_->HighWatermark(tp).value_or(-1)};
+    }
+  }
 
   // ---- connection ----
 
@@ -374,15 +483,17 @@ class Consumer::Impl final : public broker::AssignmentListener {
       // A previous owner paused inside its transaction holds the row lock; do not block the
       // source's Poll for long (the loop retries the claim).
       tx.exec0("SET LOCAL lock_timeout = '2s'");
-      pqxx::row r = tx.exec_prepared1("converge_claim", opts_.group, tp.topic, tp.partition,
-                                      member_id_);
+      pqxx::row r =
+          tx.exec_prepared1("converge_claim", opts_.group, tp.topic, tp.partition, member_id_);
       tx.commit();
       part.next_offset = r[0].as<int64_t>();
       part.epoch = r[1].as<int64_t>();
       part.claimed = true;
       part.claim_failures = 0;
-      log_.Info("partition claimed", {{"topic", tp.topic}, {"partition", tp.partition},
-                                      {"epoch", part.epoch}, {"next_offset", part.next_offset}});
+      log_.Info("partition claimed", {{"topic", tp.topic},
+                                      {"partition", tp.partition},
+                                      {"epoch", part.epoch},
+                                      {"next_offset", part.next_offset}});
       return Status::Ok();
     } catch (const std::exception& e) {
       Status st = pg::StatusFromException(e);
@@ -426,7 +537,7 @@ class Consumer::Impl final : public broker::AssignmentListener {
       auto it = parts_.find(TopicPartition{rec.topic, rec.partition});
       if (it == parts_.end() || !it->second.claimed) continue;  // not ours (yet): drop
       Part& part = it->second;
-      if (rec.offset < part.next_offset) continue;                         // committed already
+      if (rec.offset < part.next_offset) continue;                              // committed already
       if (!part.buf.empty() && rec.offset <= part.buf.back().offset) continue;  // redelivered
       part.buf.push_back(std::move(rec));
     }
@@ -446,8 +557,8 @@ class Consumer::Impl final : public broker::AssignmentListener {
     } else {
       for (const auto& [tp, part] : parts_)
         if (!part.buf.empty())
-          timeout = std::min(timeout, std::chrono::ceil<std::chrono::milliseconds>(
-                                          std::max(part.not_before - now, SteadyTime::duration(0))));
+          timeout = std::min(timeout, std::chrono::ceil<std::chrono::milliseconds>(std::max(
+                                          part.not_before - now, SteadyTime::duration(0))));
     }
     auto polled = source_->Poll(cap - Buffered(), timeout);
     if (!polled.ok()) {
@@ -568,8 +679,8 @@ class Consumer::Impl final : public broker::AssignmentListener {
         }
         inflight_ = nullptr;
         log_.LogEvery("tx_failed", std::chrono::seconds(5), Level::kWarn,
-                      "batch transaction failed; re-running", {{"error", st.ToString()},
-                                                               {"attempt", tx_attempt}});
+                      "batch transaction failed; re-running",
+                      {{"error", st.ToString()}, {"attempt", tx_attempt}});
         if (conn_ && !conn_->is_open()) conn_.reset();
         if (st.code() == StatusCode::kUnavailable || st.code() == StatusCode::kDeadlineExceeded)
           conn_.reset();
@@ -621,7 +732,10 @@ class Consumer::Impl final : public broker::AssignmentListener {
       stats_.last_batch_size = settled_total;
       stats_.max_batch_size = std::max(stats_.max_batch_size, settled_total);
       stats_.lag = static_cast<int64_t>(Buffered());
+      if (metrics_registered_) UpdatePositionsLocked();
     }
+    if (batch_hist_ != nullptr && settled_total > 0)
+      batch_hist_->Observe(static_cast<double>(settled_total));
     if (!acked.empty()) source_->Ack(acked);
   }
 
@@ -637,9 +751,9 @@ class Consumer::Impl final : public broker::AssignmentListener {
       return Outcome::kDeadLettered;
     }
     tx.exec0("SAVEPOINT converge_rec");
-    pqxx::row r = tx.exec_prepared1("converge_inbox", opts_.group, msg->id, msg->type,
-                                    pqxx::binarystring(msg->payload), rec.topic, rec.partition,
-                                    rec.offset);
+    pqxx::row r =
+        tx.exec_prepared1("converge_inbox", opts_.group, msg->id, msg->type,
+                          pqxx::binarystring(msg->payload), rec.topic, rec.partition, rec.offset);
     if (!r[0].as<bool>()) {
       tx.exec0("RELEASE SAVEPOINT converge_rec");
       if (!r[1].is_null() && r[1].as<bool>()) {
@@ -719,14 +833,15 @@ class Consumer::Impl final : public broker::AssignmentListener {
     } catch (...) {
       st = Status::Internal("handler threw a non-standard exception");
     }
-    tally.handler_seconds +=
+    const double handler_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    tally.handler_seconds += handler_seconds;
+    if (handler_hist_ != nullptr) handler_hist_->Observe(handler_seconds);
     if (st.ok()) {
       // If the handler swallowed an SQL error and still returned OK, these statements fail and
       // the whole batch is re-run (the record is charged an attempt).
       if (check_seq)
-        tx.exec_prepared0("converge_seq_put", opts_.group, rec.topic, msg->subject,
-                          msg->sequence);
+        tx.exec_prepared0("converge_seq_put", opts_.group, rec.topic, msg->subject, msg->sequence);
       tx.exec0("RELEASE SAVEPOINT converge_rec");
       ++tally.applied;
       return Outcome::kApplied;
@@ -774,8 +889,11 @@ class Consumer::Impl final : public broker::AssignmentListener {
                       rec.partition, rec.offset, internal::SafeText(reason), code,
                       std::max(attempts, 1));
     log_.LogEvery("dead_letter", std::chrono::seconds(1), Level::kWarn, "message dead-lettered",
-                  {{"topic", rec.topic}, {"partition", rec.partition}, {"offset", rec.offset},
-                   {"error_code", code}, {"reason", reason}});
+                  {{"topic", rec.topic},
+                   {"partition", rec.partition},
+                   {"offset", rec.offset},
+                   {"error_code", code},
+                   {"reason", reason}});
   }
 
   // ---- pruning ----
@@ -798,9 +916,8 @@ class Consumer::Impl final : public broker::AssignmentListener {
         if (!part.claimed) continue;
         for (int round = 0; round < 100 && !stop_; ++round) {
           pqxx::work tx(*conn_);
-          pqxx::result r = tx.exec_prepared("converge_prune", opts_.group, tp.topic,
-                                            tp.partition, window, part.next_offset,
-                                            opts_.prune_batch);
+          pqxx::result r = tx.exec_prepared("converge_prune", opts_.group, tp.topic, tp.partition,
+                                            window, part.next_offset, opts_.prune_batch);
           tx.commit();
           total += r.affected_rows();
           if (r.affected_rows() < static_cast<size_t>(opts_.prune_batch)) break;
@@ -837,6 +954,16 @@ class Consumer::Impl final : public broker::AssignmentListener {
 
   mutable std::mutex stats_mu_;
   ConsumerStats stats_;  // guarded by stats_mu_
+  // Per owned partition: the stored next offset and the broker's high watermark (-1 unknown),
+  // for the lag metric. Guarded by stats_mu_; refreshed after each commit.
+  std::map<TopicPartition, std::pair<int64_t, int64_t>> positions_;
+
+  // Set by RegisterMetrics before the consumer thread starts; observed on that thread.
+  bool metrics_registered_ = false;
+  metrics::Registry* registry_ = nullptr;
+  std::vector<std::string> callbacks_;  // callback series that capture this; removed on exit
+  metrics::Histogram* handler_hist_ = nullptr;
+  metrics::Histogram* batch_hist_ = nullptr;
 
   std::mutex lifecycle_mu_;
   std::thread thread_;
@@ -866,6 +993,9 @@ Status Consumer::RunOnce() { return impl_->RunOnce(); }
 void Consumer::Close() { impl_->Close(); }
 uint64_t Consumer::PruneNow() { return impl_->PruneNow(); }
 ConsumerStats Consumer::stats() const { return impl_->stats(); }
+Status Consumer::RegisterMetrics(metrics::Registry& registry) {
+  return impl_->RegisterMetrics(registry);
+}
 const std::string& Consumer::member_id() const { return impl_->member_id(); }
 
 }  // namespace converge::consumer

@@ -7,6 +7,7 @@
 #include <functional>
 #include <thread>
 
+#include "converge/common/metrics.h"
 #include "converge/common/uuid.h"
 #include "converge/consumer/consumer.h"
 #include "converge/consumer/testing/fake_source.h"
@@ -21,8 +22,7 @@ using namespace std::chrono_literals;
 
 Headers Ce(const std::string& id, const std::string& type = "order.placed",
            const std::string& subject = "", int64_t seq = 0) {
-  Headers h = {{"ce_specversion", "1.0"}, {"ce_id", id}, {"ce_source", "/test"},
-               {"ce_type", type}};
+  Headers h = {{"ce_specversion", "1.0"}, {"ce_id", id}, {"ce_source", "/test"}, {"ce_type", type}};
   if (!subject.empty()) h.emplace_back("ce_subject", subject);
   if (seq > 0) h.emplace_back("ce_keyseq", std::to_string(seq));
   return h;
@@ -34,7 +34,8 @@ class ConsumerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_TRUE(db_.ok());
-    db_.Scalar("CREATE TABLE effects (id text NOT NULL, payload text, at timestamptz DEFAULT now())");
+    db_.Scalar(
+        "CREATE TABLE effects (id text NOT NULL, payload text, at timestamptz DEFAULT now())");
   }
 
   ConsumerOptions Options(const std::string& member = "") {
@@ -76,13 +77,12 @@ class ConsumerTest : public ::testing::Test {
   }
 
   long long Effects() { return db_.Count("SELECT count(*) FROM effects"); }
-  long long DupEffects() {
-    return db_.Count("SELECT count(*) - count(DISTINCT id) FROM effects");
-  }
+  long long DupEffects() { return db_.Count("SELECT count(*) - count(DISTINCT id) FROM effects"); }
   long long StoredOffset(int partition = 0) {
     std::string s = db_.Scalar(
         "SELECT next_offset FROM converge.consumer_offsets WHERE consumer_group = 'g1' AND "
-        "topic = 'orders' AND partition = " + std::to_string(partition));
+        "topic = 'orders' AND partition = " +
+        std::to_string(partition));
     return s.empty() ? -1 : std::stoll(s);
   }
   long long DeadLetters(const std::string& code) {
@@ -137,8 +137,9 @@ TEST_F(ConsumerTest, RestartBeforeBrokerCommitAppliesOnce) {
     ASSERT_TRUE(RunUntil(*c, [&] { return c->stats().consumed == 10; }));
   }
   // Operator rewinds the stored offset too, so the inbox is the only line of defence.
-  db_.Scalar("BEGIN; SET LOCAL converge.allow_offset_rewind = 'on'; UPDATE "
-             "converge.consumer_offsets SET next_offset = 0; COMMIT");
+  db_.Scalar(
+      "BEGIN; SET LOCAL converge.allow_offset_rewind = 'on'; UPDATE "
+      "converge.consumer_offsets SET next_offset = 0; COMMIT");
   FakeSource* src;
   auto c = Make(src, Options());
   src->IgnoreAssignedOffsets(true);
@@ -293,8 +294,8 @@ TEST_F(ConsumerTest, ChainedStepEnqueuesInTheSameTransaction) {
   FakeSource* src;
   auto c = Make(src, Options());
   c->Handle("order.paid", [](const Message& m, Context& ctx) {
-    auto sent = ctx.Enqueue({.topic = "shipping", .key = m.subject, .type = "ship.requested",
-                             .payload = m.payload});
+    auto sent = ctx.Enqueue(
+        {.topic = "shipping", .key = m.subject, .type = "ship.requested", .payload = m.payload});
     if (!sent.ok()) return sent.status();
     if (m.payload == "fail-after-enqueue") return Status::FailedPrecondition("no");
     return Status::Ok();
@@ -308,6 +309,76 @@ TEST_F(ConsumerTest, ChainedStepEnqueuesInTheSameTransaction) {
   EXPECT_EQ(db_.Count("SELECT count(*) FROM converge.outbox WHERE topic = 'shipping'"), 1);
   EXPECT_EQ(db_.Scalar("SELECT key FROM converge.outbox"), "o-1");
   EXPECT_EQ(DeadLetters("handler_failed"), 2);
+}
+
+TEST_F(ConsumerTest, RejectedEnqueueKeepsTheHandlersOtherWrites) {
+  FakeSource* src;
+  auto c = Make(src, Options());
+  const std::string taken = NewId();
+  db_.Scalar(
+      "SELECT converge.enqueue_message('shipping', 'k0', 'ship.requested', '{}'::bytea, "
+      "'{}'::jsonb, 'application/json', NULL, NULL, '" +
+      taken + "'::uuid, NULL)");
+  std::vector<std::string> errors;
+  c->Handle("order.paid", [&](const Message& m, Context& ctx) {
+    ctx.tx().exec_params("INSERT INTO effects (id, payload) VALUES ($1, $2)", m.id, m.payload);
+    // A taken id is refused by the server; a bad topic is refused before any round trip.
+    auto dup = ctx.Enqueue({.topic = "shipping",
+                            .key = m.subject,
+                            .type = "ship.requested",
+                            .payload = "{}",
+                            .message_id = taken});
+    auto bad = ctx.Enqueue({.topic = "no spaces allowed", .key = m.subject, .type = "t"});
+    errors.push_back(dup.status().ToString());
+    errors.push_back(bad.status().ToString());
+    EXPECT_EQ(dup.status().code(), StatusCode::kAlreadyExists);
+    EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+    // The transaction is still usable: this enqueue and the effect row commit.
+    auto ok = ctx.Enqueue({.topic = "shipping", .key = m.subject, .type = "ship.requested"});
+    return ok.status();
+  });
+  src->Produce("orders", 0, "p", Ce(NewId(), "order.paid", "o-1", 1));
+  src->Rebalance({}, {{"orders", 0}});
+  ASSERT_TRUE(c->Init().ok());
+  ASSERT_TRUE(RunUntil(*c, [&] { return c->stats().consumed == 1; }));
+  EXPECT_EQ(Effects(), 1);
+  EXPECT_EQ(c->stats().applied, 1u);
+  EXPECT_EQ(db_.Count("SELECT count(*) FROM converge.outbox WHERE key = 'o-1'"), 1);
+  ASSERT_EQ(errors.size(), 2u);
+  EXPECT_NE(errors[1].find("topic"), std::string::npos) << errors[1];
+}
+
+TEST_F(ConsumerTest, MetricsExposeCountersHistogramsAndOffsets) {
+  FakeSource* src;
+  auto c = Make(src, Options());
+  metrics::Registry registry;
+  ASSERT_TRUE(c->RegisterMetrics(registry).ok());
+  EXPECT_EQ(c->RegisterMetrics(registry).code(), StatusCode::kAlreadyExists);
+  const std::string id = NewId();
+  src->Produce("orders", 0, "a", Ce(id));
+  src->Produce("orders", 0, "a", Ce(id));  // duplicate
+  src->Produce("orders", 0, "b", Ce(NewId(), "no.handler"));
+  src->Rebalance({}, {{"orders", 0}});
+  ASSERT_TRUE(c->Init().ok());
+  ASSERT_TRUE(RunUntil(*c, [&] { return c->stats().consumed == 3; }));
+  const std::string text = registry.Expose();
+  EXPECT_NE(text.find("converge_consumer_consumed_total{group=\"g1\"} 3"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("converge_consumer_applied_total{group=\"g1\"} 1"), std::string::npos);
+  EXPECT_NE(text.find("converge_consumer_duplicates_skipped_total{group=\"g1\"} 1"),
+            std::string::npos);
+  EXPECT_NE(text.find("converge_consumer_dead_letters_total{group=\"g1\"} 1"), std::string::npos);
+  EXPECT_NE(text.find("converge_consumer_committed_offset{group=\"g1\",topic=\"orders\","
+                      "partition=\"0\"} 3"),
+            std::string::npos);
+  EXPECT_NE(text.find("converge_consumer_handler_seconds_count{group=\"g1\"} 1"),
+            std::string::npos);
+  EXPECT_NE(text.find("converge_consumer_batch_records_count{group=\"g1\"}"), std::string::npos);
+  // Registering after Init is refused: the histograms are observed on the consumer's thread.
+  metrics::Registry late;
+  EXPECT_EQ(c->RegisterMetrics(late).code(), StatusCode::kFailedPrecondition);
+  c.reset();  // the consumer removes its callback series
+  EXPECT_EQ(registry.Expose().find("converge_consumer_consumed_total{"), std::string::npos);
 }
 
 TEST_F(ConsumerTest, SkipStaleSequenceIsTheDefault) {
@@ -468,7 +539,8 @@ TEST_F(ConsumerTest, TakeoverDuringOpenTransactionWaitsForIt) {
   });
   b_src->Rebalance({}, {{"orders", 0}});
   ASSERT_TRUE(b->Init().ok());
-  ASSERT_TRUE(RunUntil(*b, [&] { return StoredOffset() == 1 && release; }, 5s));
+  ASSERT_TRUE(RunUntil(
+      *b, [&] { return StoredOffset() == 1 && release; }, 5s));
   ta.join();
   release_later.join();
   for (int i = 0; i < 5; ++i) ASSERT_TRUE(b->RunOnce().ok());
@@ -532,8 +604,9 @@ TEST_F(ConsumerTest, PruneHonoursTheDedupeWindow) {
   src->Rebalance({}, {{"orders", 0}});
   ASSERT_TRUE(c->Init().ok());
   ASSERT_TRUE(RunUntil(*c, [&] { return c->stats().consumed == 5; }));
-  db_.Scalar("UPDATE converge.inbox SET processed_at = now() - interval '25 hours' WHERE "
-             "\"offset\" < 3");
+  db_.Scalar(
+      "UPDATE converge.inbox SET processed_at = now() - interval '25 hours' WHERE "
+      "\"offset\" < 3");
   EXPECT_EQ(c->PruneNow(), 3u);
   EXPECT_EQ(db_.Count("SELECT count(*) FROM converge.inbox"), 2);
   // A very late duplicate of the pruned message is applied again.

@@ -240,7 +240,8 @@ TEST_F(ConsumerKafkaTest, RebalanceStormWithPausedMemberAppliesOnce) {
   producing = false;
   producer.join();
   const long long want = produced.load();
-  EXPECT_TRUE(WaitFor([&] { return Distinct() >= want; }, 60s)) << Distinct() << " of " << want;
+  // Generous: on a loaded 2-core machine a rejoin can wait out a coordinator request timeout.
+  EXPECT_TRUE(WaitFor([&] { return Distinct() >= want; }, 150s)) << Distinct() << " of " << want;
   b_run = false;
   tb.join();
   b->Stop();

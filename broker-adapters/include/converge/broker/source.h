@@ -71,6 +71,14 @@ class MessageSource {
   // polled but not committed are delivered again).
   virtual Status Seek(const TopicPartition& tp, int64_t offset) = 0;
 
+  // The offset the broker will give the next produced record of `tp` (Kafka's high watermark),
+  // as last learned from fetch responses, without a round trip; nullopt when unknown or when
+  // the source has no such notion (MQTT). The runtime turns it into the lag metric.
+  virtual std::optional<int64_t> HighWatermark(const TopicPartition& tp) const {
+    (void)tp;
+    return std::nullopt;
+  }
+
   virtual void Close() = 0;
 };
 

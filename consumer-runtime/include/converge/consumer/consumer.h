@@ -41,6 +41,11 @@
 #include "converge/common/clock.h"
 #include "converge/common/message.h"
 #include "converge/common/status.h"
+#include "converge/outbox/outbox.h"
+
+namespace converge::metrics {
+class Registry;
+}  // namespace converge::metrics
 
 namespace converge::consumer {
 
@@ -94,11 +99,11 @@ struct ConsumerOptions {
   // dead-lettered. Lost database connections do not count: they are retried without limit.
   int max_attempts = 5;
   // Delay before re-running a message whose handler failed with a retriable error.
-  BackoffPolicy retry_backoff{std::chrono::milliseconds(100), std::chrono::milliseconds(10000),
-                              2.0, 0.5};
+  BackoffPolicy retry_backoff{std::chrono::milliseconds(100), std::chrono::milliseconds(10000), 2.0,
+                              0.5};
   // Delay between reconnect attempts after the database connection was lost.
-  BackoffPolicy reconnect_backoff{std::chrono::milliseconds(100),
-                                  std::chrono::milliseconds(5000), 2.0, 0.5};
+  BackoffPolicy reconnect_backoff{std::chrono::milliseconds(100), std::chrono::milliseconds(5000),
+                                  2.0, 0.5};
   // See SequencePolicy.
   SequencePolicy sequence_policy = SequencePolicy::kSkipStale;
   // See UnknownTypePolicy.
@@ -121,22 +126,21 @@ struct ConsumerOptions {
   Status Validate() const;
 };
 
-// Counters since Start(). Metrics: these map 1:1 to converge_consumer_* series once the
-// metrics registry lands.
+// Counters since Start(). RegisterMetrics() exposes each as a converge_consumer_* series.
 struct ConsumerStats {
-  uint64_t consumed = 0;             // records settled (every outcome below)
-  uint64_t applied = 0;              // handler ran and committed
-  uint64_t duplicates_skipped = 0;   // same id, same payload: handler not run
-  uint64_t conflicts = 0;            // same id, different payload: dead-lettered
-  uint64_t dead_letters = 0;         // every dead letter (conflicts included)
+  uint64_t consumed = 0;            // records settled (every outcome below)
+  uint64_t applied = 0;             // handler ran and committed
+  uint64_t duplicates_skipped = 0;  // same id, same payload: handler not run
+  uint64_t conflicts = 0;           // same id, different payload: dead-lettered
+  uint64_t dead_letters = 0;        // every dead letter (conflicts included)
   uint64_t unknown_type_skipped = 0;
-  uint64_t stale_skipped = 0;        // SequencePolicy skips
+  uint64_t stale_skipped = 0;  // SequencePolicy skips
   uint64_t sequence_gaps = 0;
-  uint64_t retries = 0;              // handler retriable failures
-  uint64_t transactions = 0;         // committed batch transactions
-  uint64_t transaction_failures = 0; // batch transactions rolled back (re-run)
-  uint64_t fenced = 0;               // partitions found taken by another member
-  uint64_t pruned = 0;               // inbox rows deleted
+  uint64_t retries = 0;               // handler retriable failures
+  uint64_t transactions = 0;          // committed batch transactions
+  uint64_t transaction_failures = 0;  // batch transactions rolled back (re-run)
+  uint64_t fenced = 0;                // partitions found taken by another member
+  uint64_t pruned = 0;                // inbox rows deleted
   uint64_t last_batch_size = 0;
   uint64_t max_batch_size = 0;
   double handler_seconds_total = 0;  // summed handler latency
@@ -158,29 +162,21 @@ class Context {
   // 1 on the first attempt of this message.
   int attempt() const { return attempt_; }
 
-  // An outbound message for Enqueue (a chained step).
-  struct Outbound {
-    std::string topic;
-    std::string key;
-    std::string type;
-    std::string payload;
-    std::string content_type = "application/json";
-    std::map<std::string, std::string> headers;
-    std::string traceparent;  // empty: the incoming message's traceparent is propagated
-  };
-  struct Enqueued {
-    std::string message_id;
-    int64_t seq = 0;
-  };
-  // Writes an outbox row in this transaction (converge.enqueue_message): it is published only if
-  // this message's effect commits. Errors: kInvalidArgument names the field; the handler should
-  // return it (the message is then dead-lettered).
+  // An outbound message for Enqueue (a chained step): the same struct and the same validation
+  // as converge::outbox::Enqueue.
+  using Outbound = outbox::OutboxMessage;
+  using Enqueued = outbox::Enqueued;
+  // Writes an outbox row in this transaction (converge::outbox::Enqueue): it is published only
+  // if this message's effect commits. An empty `traceparent` propagates the incoming message's.
+  // Errors: kInvalidArgument names the field, kAlreadyExists a taken message_id; the handler
+  // should return the error (the message is then dead-lettered). A rejected enqueue never
+  // aborts the handler's other writes: it runs inside its own savepoint.
   Result<Enqueued> Enqueue(const Outbound& message);
 
  private:
   friend class Consumer;
-  Context(pqxx::transaction_base& tx, const broker::ReceivedRecord& record,
-          const Message& message, int attempt)
+  Context(pqxx::transaction_base& tx, const broker::ReceivedRecord& record, const Message& message,
+          int attempt)
       : tx_(tx), record_(record), message_(message), attempt_(attempt) {}
   pqxx::transaction_base& tx_;
   const broker::ReceivedRecord& record_;
@@ -224,6 +220,14 @@ class Consumer {
   void Close();
   // Runs inbox pruning now (it also runs every prune_interval); returns the rows deleted.
   uint64_t PruneNow();
+
+  // Exposes this consumer's converge_consumer_* series (labelled by group) in `registry`:
+  // counters for every ConsumerStats field, handler latency and batch size histograms, and per
+  // partition lag (broker high watermark minus the stored offset, Kafka only). Call before
+  // Start()/Init(); the registry must outlive the consumer (whose destructor removes its
+  // callback series), and a consumer registers once.
+  // Serve the registry with converge::MetricsServer (common/http_server.h).
+  Status RegisterMetrics(metrics::Registry& registry);
 
   ConsumerStats stats() const;
   const std::string& member_id() const;
