@@ -4,8 +4,11 @@
 #   scripts/test.sh                       the whole suite (unit, integration, robustness)
 #   scripts/test.sh --sanitize=address    the same under ASan+UBSan (build-asan/)
 #   scripts/test.sh --sanitize=thread     the same under TSan (build-tsan/)
-#   scripts/test.sh --label unit          one label only (unit | integration | robustness)
+#   scripts/test.sh --label unit          one label only (unit | integration | robustness | fuzz)
 #   scripts/test.sh -R relay              tests whose name matches a regex
+#
+# The full run ends with the libFuzzer targets (scripts/fuzz.sh, clang, build-fuzz/), each for
+# $CONVERGE_FUZZ_SECONDS seconds (default 20).
 #
 # Exits non-zero when any test fails. Services this script started are stopped on exit,
 # also on failure or Ctrl-C; services that were already running are left alone.
@@ -19,7 +22,7 @@ while (($#)); do
     --label) label="$2"; shift ;;
     --label=*) label="${1#*=}" ;;
     -R) regex="$2"; shift ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
   shift
@@ -43,7 +46,10 @@ services_running || started_here=1
 cleanup() {
   local rc=$?
   if ((started_here)); then "$services" stop >/dev/null 2>&1 || true; fi
-  exit "$rc"
+  if [[ ( -z "$label" && -z "$regex" && -z "$sanitize" ) || "$label" == fuzz ]]; then
+  "$CONVERGE_ROOT/scripts/fuzz.sh" --seconds "${CONVERGE_FUZZ_SECONDS:-20}" || rc=1
+fi
+exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -59,7 +65,7 @@ ctest_args=(--test-dir "$build_dir" --output-on-failure --no-tests=error)
 rc=0
 # Unit and integration tests use private databases and topics: run them two at a time.
 # Robustness tests restart shared services: run them alone, after the others.
-if [[ -z "$label" || "$label" != robustness ]]; then
+if [[ -z "$label" || ( "$label" != robustness && "$label" != fuzz ) ]]; then
   lbl="${label:-unit|integration}"
   log "ctest -L '$lbl'"
   ctest "${ctest_args[@]}" -L "$lbl" -j2 || rc=1
@@ -69,5 +75,8 @@ if [[ -z "$label" || "$label" == robustness ]]; then
     log "ctest -L robustness"
     ctest "${ctest_args[@]}" -L robustness -j1 || rc=1
   fi
+fi
+if [[ ( -z "$label" && -z "$regex" && -z "$sanitize" ) || "$label" == fuzz ]]; then
+  "$CONVERGE_ROOT/scripts/fuzz.sh" --seconds "${CONVERGE_FUZZ_SECONDS:-20}" || rc=1
 fi
 exit "$rc"
