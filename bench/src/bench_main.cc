@@ -1,0 +1,391 @@
+// converge-bench: measures the relay, the consumer and the end-to-end latency next to the
+// baselines they are judged against (PostgreSQL ceilings, a naive relay, plain Paho), and
+// prints a markdown table or one JSON object. scripts/bench.sh builds, starts the services and
+// runs it; see bench/README.md.
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <optional>
+#include <set>
+#include <sstream>
+
+#include "converge/common/log.h"
+#include "measurements.h"
+
+namespace converge::bench {
+namespace {
+
+constexpr const char* kUsage =
+    "usage: converge-bench [--quick | --tiny] [--json] [--out-json FILE] [--out-md FILE]\n"
+    "                      [--relay-bin PATH] [--work-dir DIR] [--only LIST]\n"
+    "  (default)    the full run (several minutes)\n"
+    "  --quick      smaller sizes, finishes in under 3 minutes\n"
+    "  --tiny       minimal sizes, only proves that every measurement runs (smoke test)\n"
+    "  --json       print one JSON object instead of the markdown table\n"
+    "  --out-json   also write the JSON object to FILE; --out-md the markdown table\n"
+    "  --relay-bin  converge-relay to measure (default: next to this program)\n"
+    "  --work-dir   where relay logs go (default /tmp/converge-bench-<pid>)\n"
+    "  --fetch-wait-ms  the consumers' fetch.wait.max.ms (default 10; 0 = librdkafka's 500)\n"
+    "  --only       comma-separated subset: ceilings,relay,naive,paho,consumer,e2e (for\n"
+    "               profiling one part; the ratios of parts not run are null)\n"
+    "Needs CONVERGE_PG_URL, CONVERGE_KAFKA_BROKERS, CONVERGE_KAFKA_CONTROL and CONVERGE_MQTT_URL\n"
+    "(eval \"$(scripts/services.sh start)\").\n";
+
+struct Sizes {
+  std::string mode;
+  long claim_rows, relay_rows, naive_rows;
+  double naive_seconds;
+  long paho_messages;
+  long consumer_batched, consumer_single;
+  std::vector<std::pair<double, double>> e2e;  // (rate, seconds)
+  double idle_seconds;
+  double writer_seconds;
+};
+
+Sizes SizesFor(const std::string& mode) {
+  if (mode == "tiny") return {mode, 500, 500, 100, 1, 200, 300, 50, {{1000, 1}}, 1, 0.5};
+  if (mode == "quick")
+    return {mode, 20000, 20000, 20000, 3, 5000, 10000, 1000, {{100, 4}, {1000, 5}}, 5, 2};
+  return {mode, 100000, 100000, 100000, 10, 20000, 50000, 5000, {{100, 10}, {1000, 15}, {5000, 10}},
+          10,   5};
+}
+
+// One JSON number, or null when unknown.
+std::string Num(std::optional<double> v, int decimals = 3) {
+  if (!v || !std::isfinite(*v)) return "null";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", decimals, *v);
+  return buf;
+}
+
+std::string Fmt(double v, int decimals = 0) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
+  std::string s = buf;
+  // Thousands separators for the integer part.
+  const auto dot = s.find('.');
+  int end = static_cast<int>(dot == std::string::npos ? s.size() : dot);
+  for (int i = end - 3; i > (s[0] == '-' ? 1 : 0); i -= 3) s.insert(static_cast<size_t>(i), ",");
+  return s;
+}
+
+struct Report {
+  Sizes sizes;
+  double claim_delete = 0;
+  ConsumerCeilings ceilings;
+  WriterCeilings writers;
+  int fetch_wait_ms = 0;
+  RelayResult relay1, relay3;
+  double publisher_alone = 0;
+  double naive = 0;
+  PahoResult paho;
+  std::optional<double> relay_mqtt;
+  double consumer_batched = 0, consumer_single = 0;
+  std::vector<LatencyResult> e2e;
+  std::vector<std::string> notes;
+  double seconds = 0;
+
+  const LatencyResult* At(double rate) const {
+    for (const auto& l : e2e)
+      if (l.offered_per_s == rate) return &l;
+    return nullptr;
+  }
+
+  std::string Json() const {
+    std::ostringstream o;
+    auto ratio = [](double a, double b) -> std::optional<double> {
+      if (a <= 0 || b <= 0) return std::nullopt;
+      return a / b;
+    };
+    o << "{\n";
+    o << "  \"mode\": \"" << sizes.mode << "\",\n";
+    o << "  \"pg_claim_delete_rows_per_s\": " << Num(claim_delete, 1) << ",\n";
+    o << "  \"pg_consumer_batched_rows_per_s\": " << Num(ceilings.batched_rows_per_s, 1) << ",\n";
+    o << "  \"pg_single_row_commits_per_s\": " << Num(ceilings.single_rows_per_s, 1) << ",\n";
+    o << "  \"pg_writer_commits_per_s_16conn\": " << Num(writers.insert_commits_per_s, 1) << ",\n";
+    o << "  \"pg_writer_notify_commits_per_s_16conn\": " << Num(writers.notify_commits_per_s, 1)
+      << ",\n";
+    o << "  \"relay_kafka_rows_per_s\": " << Num(relay1.rows_per_s, 1) << ",\n";
+    o << "  \"kafka_publisher_alone_rows_per_s\": " << Num(publisher_alone, 1) << ",\n";
+    o << "  \"relay_kafka_3_rows_per_s\": " << Num(relay3.rows_per_s, 1) << ",\n";
+    o << "  \"naive_relay_rows_per_s\": " << Num(naive, 1) << ",\n";
+    o << "  \"relay_kafka_vs_claim_delete\": " << Num(ratio(relay1.rows_per_s, claim_delete))
+      << ",\n";
+    o << "  \"relay_kafka_3_vs_claim_delete\": " << Num(ratio(relay3.rows_per_s, claim_delete))
+      << ",\n";
+    o << "  \"relay_kafka_vs_naive\": " << Num(ratio(relay1.rows_per_s, naive)) << ",\n";
+    o << "  \"paho_qos1_msgs_per_s\": " << Num(paho.windowed_per_s, 1) << ",\n";
+    o << "  \"paho_qos1_sync_msgs_per_s\": " << Num(paho.sync_per_s, 1) << ",\n";
+    o << "  \"relay_mqtt_rows_per_s\": " << Num(relay_mqtt, 1) << ",\n";
+    o << "  \"relay_mqtt_vs_paho\": "
+      << Num(relay_mqtt ? ratio(*relay_mqtt, paho.windowed_per_s) : std::nullopt) << ",\n";
+    o << "  \"consumer_batched_rows_per_s\": " << Num(consumer_batched, 1) << ",\n";
+    o << "  \"consumer_single_rows_per_s\": " << Num(consumer_single, 1) << ",\n";
+    o << "  \"consumer_batched_vs_ceiling\": "
+      << Num(ratio(consumer_batched, ceilings.batched_rows_per_s)) << ",\n";
+    o << "  \"consumer_single_vs_ceiling\": "
+      << Num(ratio(consumer_single, ceilings.single_rows_per_s)) << ",\n";
+    for (const auto& l : e2e) {
+      const std::string s = std::to_string(static_cast<long>(l.offered_per_s));
+      o << "  \"e2e_p50_ms_at_" << s << "\": " << Num(l.p50_ms, 2) << ",\n";
+      o << "  \"e2e_p99_ms_at_" << s << "\": " << Num(l.p99_ms, 2) << ",\n";
+      o << "  \"e2e_p999_ms_at_" << s << "\": " << Num(l.p999_ms, 2) << ",\n";
+      o << "  \"e2e_achieved_per_s_at_" << s << "\": " << Num(l.achieved_per_s, 1) << ",\n";
+      const char* keys[] = {"relay", "transit", "commit"};
+      for (size_t i = 0; i < l.stages.size() && i < 3; ++i) {
+        o << "  \"e2e_stage_" << keys[i] << "_p50_ms_at_" << s
+          << "\": " << Num(l.stages[i].p50_ms, 1) << ",\n";
+        o << "  \"e2e_stage_" << keys[i] << "_p99_ms_at_" << s
+          << "\": " << Num(l.stages[i].p99_ms, 1) << ",\n";
+      }
+    }
+    if (!At(1000)) o << "  \"e2e_p99_ms_at_1000\": null,\n";
+    o << "  \"relay_rss_mb\": " << Num(relay1.rss_mb, 1) << ",\n";
+    o << "  \"relay_peak_rss_mb\": " << Num(relay1.hwm_mb, 1) << ",\n";
+    o << "  \"relay_drain_cpu_percent\": " << Num(relay1.drain_cpu_percent, 1) << ",\n";
+    o << "  \"consumer_fetch_wait_ms\": " << fetch_wait_ms << ",\n";
+    o << "  \"relay_idle_cpu_percent\": "
+      << Num(relay1.idle_cpu_percent >= 0 ? std::optional<double>(relay1.idle_cpu_percent)
+                                          : std::nullopt,
+             2)
+      << ",\n";
+    o << "  \"seconds\": " << Num(seconds, 1) << ",\n";
+    o << "  \"notes\": \"";
+    for (size_t i = 0; i < notes.size(); ++i) o << (i ? " " : "") << notes[i];
+    o << "\"\n}\n";
+    return o.str();
+  }
+
+  std::string Markdown() const {
+    std::ostringstream o;
+    auto ratio = [](double a, double b) { return b > 0 ? Fmt(a / b, 2) : std::string("—"); };
+    auto verdict = [](bool ok) { return ok ? "met" : "**missed**"; };
+    o << "| Measurement | Result | Baseline (same run) | Ratio | Target |\n";
+    o << "| --- | ---: | --- | ---: | --- |\n";
+    o << "| PostgreSQL ceiling: relay claim + batched delete (1000/batch) | " << Fmt(claim_delete)
+      << " rows/s | plain SQL, no broker | | |\n";
+    o << "| PostgreSQL ceiling: consumer transaction, batched (500/commit) | "
+      << Fmt(ceilings.batched_rows_per_s) << " rows/s | plain SQL | | |\n";
+    o << "| PostgreSQL ceiling: consumer transaction, one per commit | "
+      << Fmt(ceilings.single_rows_per_s) << " commits/s | plain SQL | | |\n";
+    o << "| PostgreSQL: writer commits, 16 connections, INSERT | "
+      << Fmt(writers.insert_commits_per_s) << " commits/s | plain SQL | | |\n";
+    o << "| PostgreSQL: writer commits, 16 connections, INSERT + pg_notify (as converge.enqueue) | "
+      << Fmt(writers.notify_commits_per_s) << " commits/s | INSERT alone "
+      << Fmt(writers.insert_commits_per_s) << " commits/s | "
+      << ratio(writers.notify_commits_per_s, writers.insert_commits_per_s) << " | |\n";
+    const double r1 = claim_delete > 0 ? relay1.rows_per_s / claim_delete : 0;
+    o << "| relay → Kafka, 1 relay | " << Fmt(relay1.rows_per_s) << " rows/s | claim + delete "
+      << Fmt(claim_delete) << " rows/s | " << ratio(relay1.rows_per_s, claim_delete) << " | ≥ 0.6 ("
+      << verdict(r1 >= 0.6) << ") |\n";
+    o << "| Kafka publisher alone (PublishBatch of 1000, no database) | " << Fmt(publisher_alone)
+      << " rows/s | | | |\n";
+    o << "| relay CPU while draining (1 relay) | " << Fmt(relay1.drain_cpu_percent)
+      << " % of a core | | | |\n";
+    o << "| relay → Kafka, 3 relays | " << Fmt(relay3.rows_per_s) << " rows/s | claim + delete "
+      << Fmt(claim_delete) << " rows/s | " << ratio(relay3.rows_per_s, claim_delete) << " | |\n";
+    o << "| relay → Kafka, 1 relay vs naive relay | " << Fmt(relay1.rows_per_s)
+      << " rows/s | naive one-row relay " << Fmt(naive) << " rows/s | "
+      << ratio(relay1.rows_per_s, naive) << " | |\n";
+    o << "| relay → MQTT (QoS 1) | "
+      << (relay_mqtt ? Fmt(*relay_mqtt) + " rows/s" : std::string("not measured (see notes)"))
+      << " | plain Paho QoS 1, " << Fmt(paho.windowed_per_s) << " msg/s windowed, "
+      << Fmt(paho.sync_per_s) << " msg/s one at a time | "
+      << (relay_mqtt ? ratio(*relay_mqtt, paho.windowed_per_s) : std::string("—")) << " | |\n";
+    const double cb =
+        ceilings.batched_rows_per_s > 0 ? consumer_batched / ceilings.batched_rows_per_s : 0;
+    o << "| consumer, batched (500/transaction) | " << Fmt(consumer_batched)
+      << " rows/s | batched ceiling " << Fmt(ceilings.batched_rows_per_s) << " rows/s | "
+      << ratio(consumer_batched, ceilings.batched_rows_per_s) << " | ≥ 0.8 (" << verdict(cb >= 0.8)
+      << ") |\n";
+    o << "| consumer, one per transaction | " << Fmt(consumer_single)
+      << " rows/s | one-per-commit ceiling " << Fmt(ceilings.single_rows_per_s) << " commits/s | "
+      << ratio(consumer_single, ceilings.single_rows_per_s) << " | |\n";
+    for (const auto& l : e2e) {
+      o << "| end to end at " << Fmt(l.offered_per_s) << " msg/s offered (" << Fmt(l.achieved_per_s)
+        << " achieved, " << Fmt(static_cast<double>(l.messages)) << " msgs, "
+        << l.rows_per_transaction << " per writer transaction) | p50 " << Fmt(l.p50_ms, 1)
+        << " ms, p99 " << Fmt(l.p99_ms, 1) << " ms, p99.9 " << Fmt(l.p999_ms, 1) << " ms | | | ";
+      if (l.offered_per_s == 1000) o << "p99 ≤ 20 ms (" << verdict(l.p99_ms <= 20) << ")";
+      o << " |\n";
+    }
+    o << "| relay RSS while draining (VmRSS max; VmHWM) | " << Fmt(relay1.rss_mb, 1) << " MB; "
+      << Fmt(relay1.hwm_mb, 1) << " MB | | | ≤ 30 MB (" << verdict(relay1.hwm_mb <= 30) << ") |\n";
+    o << "| relay idle CPU (empty outbox, " << Fmt(sizes.idle_seconds) << " s) | "
+      << Fmt(relay1.idle_cpu_percent, 2) << " % of a core | | | near 0 ("
+      << verdict(relay1.idle_cpu_percent < 1.0) << ") |\n";
+    if (!e2e.empty()) {
+      o << "\nWhere the end-to-end time goes (wall-clock stamps; the Kafka timestamp is the "
+           "relay's produce call, 1 ms resolution):\n\n| offered | stage | p50 | p99 |\n"
+           "| ---: | --- | ---: | ---: |\n";
+      for (const auto& l : e2e)
+        for (const auto& st : l.stages)
+          o << "| " << Fmt(l.offered_per_s) << " msg/s | " << st.name << " | " << Fmt(st.p50_ms, 1)
+            << " ms | " << Fmt(st.p99_ms, 1) << " ms |\n";
+    }
+    if (!notes.empty()) {
+      o << "\nNotes:\n";
+      for (const auto& n : notes) o << "- " << n << "\n";
+    }
+    return o.str();
+  }
+};
+
+void Step(const std::string& what) { std::cerr << "converge-bench: " << what << std::endl; }
+
+int Main(int argc, char** argv) {
+  std::string mode = "full", out_json, out_md, relay_bin, work_dir;
+  bool json = false;
+  // The mock broker answers a Fetch only when fetch.wait.max.ms expires, even when records
+  // arrive sooner (a real broker answers as soon as fetch.min.bytes are there); 10 ms keeps
+  // that artefact out of the latency figures. 0 = librdkafka's default, 500 ms.
+  int fetch_wait_ms = 10;
+  std::set<std::string> only;
+  auto want = [&](const char* what) { return only.empty() || only.count(what) > 0; };
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw BenchError(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--quick")
+      mode = "quick";
+    else if (a == "--tiny")
+      mode = "tiny";
+    else if (a == "--json")
+      json = true;
+    else if (a == "--out-json")
+      out_json = value();
+    else if (a == "--out-md")
+      out_md = value();
+    else if (a == "--relay-bin")
+      relay_bin = value();
+    else if (a == "--work-dir")
+      work_dir = value();
+    else if (a == "--fetch-wait-ms")
+      fetch_wait_ms = std::stoi(value());
+    else if (a == "--only") {
+      std::stringstream list(value());
+      for (std::string item; std::getline(list, item, ',');) {
+        if (item != "ceilings" && item != "relay" && item != "naive" && item != "paho" &&
+            item != "consumer" && item != "e2e")
+          throw BenchError("--only: unknown measurement '" + item +
+                           "' (ceilings, relay, naive, paho, consumer, e2e)");
+        only.insert(item);
+      }
+    } else if (a == "-h" || a == "--help") {
+      std::cout << kUsage;
+      return 0;
+    } else {
+      std::cerr << "converge-bench: unknown argument " << a << "\n" << kUsage;
+      return 2;
+    }
+  }
+  if (relay_bin.empty()) {
+    const std::string self = argv[0];
+    const auto slash = self.rfind('/');
+    relay_bin =
+        (slash == std::string::npos ? std::string(".") : self.substr(0, slash)) + "/converge-relay";
+  }
+  if (::access(relay_bin.c_str(), X_OK) != 0)
+    throw BenchError("converge-relay not found or not executable at " + relay_bin +
+                     " (use --relay-bin)");
+  const std::string pid = std::to_string(::getpid());
+  if (work_dir.empty()) work_dir = "/tmp/converge-bench-" + pid;
+  if (std::system(("mkdir -p '" + work_dir + "'").c_str()) != 0)
+    throw BenchError("cannot create " + work_dir);
+  const std::string relay_log = work_dir + "/relay.log";
+
+  const std::string pg_url = RequireEnv("CONVERGE_PG_URL");
+  const std::string brokers = RequireEnv("CONVERGE_KAFKA_BROKERS");
+  const std::string control = RequireEnv("CONVERGE_KAFKA_CONTROL");
+  const std::string mqtt_url = RequireEnv("CONVERGE_MQTT_URL");
+
+  SetMinLevel(Level::kWarn);  // the consumer runtime logs every partition claim at info
+  Report rep;
+  rep.sizes = SizesFor(mode);
+  rep.fetch_wait_ms = fetch_wait_ms;
+  SetConsumerFetchWait(fetch_wait_ms);
+  const Sizes& z = rep.sizes;
+  const auto start = Clock::now();
+  BenchDatabase db(pg_url);
+  auto topic = [&](const std::string& name) {
+    const std::string t = "bench-" + pid + "-" + name;
+    CreateKafkaTopic(control, t, 8);
+    return t;
+  };
+
+  if (want("ceilings")) {
+    Step("PostgreSQL ceilings");
+    rep.claim_delete = ClaimDeleteCeiling(db, z.claim_rows, 1000);
+    rep.ceilings = MeasureConsumerCeilings(db, z.consumer_batched, z.consumer_single, 500);
+    rep.writers = MeasureWriterCeilings(db, 16, z.writer_seconds);
+  }
+  if (want("relay")) {
+    Step("relay → Kafka, 1 relay (and RSS, idle CPU)");
+    rep.relay1 = MeasureRelay(db, relay_bin, brokers, topic("relay1"), z.relay_rows, 1,
+                              z.idle_seconds, relay_log);
+    Step("Kafka publisher alone");
+    rep.publisher_alone = PublisherAlone(brokers, topic("publisher"), z.relay_rows, 1000);
+    Step("relay → Kafka, 3 relays");
+    rep.relay3 =
+        MeasureRelay(db, relay_bin, brokers, topic("relay3"), z.relay_rows, 3, 0, relay_log);
+  }
+  if (want("naive")) {
+    Step("naive relay → Kafka");
+    rep.naive = NaiveRelay(db, brokers, topic("naive"), z.naive_rows, z.naive_seconds);
+  }
+  if (want("paho")) {
+    Step("plain Paho QoS 1 publisher");
+    rep.paho = PahoQos1(mqtt_url, "bench/" + pid + "/paho", z.paho_messages, 100);
+  }
+  rep.notes.push_back(
+      "relay_mqtt_vs_paho is null: converge-relay has no MQTT target yet (relay.target accepts "
+      "only kafka; broker-adapters has no MQTT publisher), so only the Paho baseline is "
+      "measured.");
+  if (want("consumer")) {
+    Step("consumer, batched");
+    rep.consumer_batched =
+        ConsumerThroughput(db, brokers, topic("consumer-batched"), z.consumer_batched, 500);
+    Step("consumer, one per transaction");
+    rep.consumer_single =
+        ConsumerThroughput(db, brokers, topic("consumer-single"), z.consumer_single, 1);
+  }
+  if (want("e2e")) {
+    for (const auto& [rate, secs] : z.e2e) {
+      Step("end to end at " + Fmt(rate) + " msg/s");
+      db.Exec("TRUNCATE converge.outbox");
+      rep.e2e.push_back(MeasureEndToEnd(db, relay_bin, brokers,
+                                        topic("e2e-" + std::to_string(static_cast<long>(rate))),
+                                        rate, secs, relay_log));
+    }
+  }
+  rep.notes.push_back(
+      "Kafka is converge-devkafka (librdkafka's mock cluster, in-process memory, no disk, "
+      "shared with other users of the services). Consumers run with fetch.wait.max.ms=" +
+      std::to_string(fetch_wait_ms) +
+      " because the mock broker holds every Fetch for the full wait even when records arrive.");
+  rep.seconds = SecondsSince(start);
+
+  const std::string js = rep.Json(), md = rep.Markdown();
+  if (!out_json.empty()) std::ofstream(out_json) << js;
+  if (!out_md.empty()) std::ofstream(out_md) << md;
+  std::cout << (json ? js : md);
+  return 0;
+}
+
+}  // namespace
+}  // namespace converge::bench
+
+int main(int argc, char** argv) {
+  try {
+    return converge::bench::Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "converge-bench: " << e.what() << "\n";
+    return 1;
+  }
+}
