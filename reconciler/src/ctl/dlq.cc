@@ -317,7 +317,7 @@ Status ReplayRelay(Invocation& inv, pqxx::work& tx, const DeadLetterRow& d, Outc
     out->notes.push_back(
         "the message has expired (expires_at is past): the relay will "
         "dead-letter it again as expired");
-  tx.exec0("SELECT pg_notify('converge_outbox', '')");
+  tx.exec("SELECT pg_notify('converge_outbox', '')");
   out->outbox_id = d.outbox_id;
   out->seq = d.seq;
   out->later_rows =
@@ -396,7 +396,7 @@ Status ReplayConsumer(Invocation& inv, pqxx::work& tx, const DeadLetterRow& d, O
       "       ctype, traceparent, expires_at FROM d, v "
       "RETURNING id",
       d.id, seq);
-  tx.exec0("SELECT pg_notify('converge_outbox', '')");
+  tx.exec("SELECT pg_notify('converge_outbox', '')");
   out->outbox_id = ins[0][0].as<int64_t>();
   out->seq = seq;
   out->inbox_rows_removed =
