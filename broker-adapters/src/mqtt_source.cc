@@ -1,0 +1,431 @@
+// MqttSource: MessageSource over MQTT 5 with the PUBACK held until Ack().
+//
+// Paho C++ 1.2.0 sends a QoS 1 PUBACK (QoS 2 PUBREC) only after the synchronous message
+// callback returns (mqtt.md §0.1, verified), and has no NACK. So the callback queues the record
+// for Poll() and then blocks until the runtime Ack()s it, i.e. after the local transaction
+// committed. A process that dies before that never acks: the broker redelivers the message to
+// the persistent session (clean start = false + session expiry) on the next connect, and the
+// runtime's inbox dedupes it by message id. Consequences:
+//  * one message at a time per connection (Paho's receive thread is parked while it is held);
+//  * while a PUBACK is held Paho sends no PINGREQ: processing must finish within
+//    MaxProcessingTime() (keepalive / 2), otherwise mosquitto drops the connection after
+//    1.5 × keepalive and redelivers (the message then runs again unless its commit happened).
+// Subscriptions are (re)made on every connect (auto-reconnect does not resubscribe, and
+// mosquitto 2.0.11 loses $share subscriptions over a restart).
+//
+// Paho C 1.3.12 calls the message callback with its process-wide mutex held, and one receive
+// thread serves every Paho client of the process: while a PUBACK is held, NO Paho call can be
+// made anywhere in the process (it would block until the Ack), and no other Paho client in the
+// process receives anything. So this source never calls Paho outside the connect (it tracks the
+// connection state from Paho's callbacks), and a process should have one MqttSource and no
+// other Paho client.
+//
+// Not acking (Close() with a held message the runtime never committed): returning from the
+// callback would ack it, and disconnect() cannot run while it is held. The source first "kicks"
+// its own connection: it opens a second, raw MQTT 5 connection with the same client id (clean
+// start = false, same session expiry), which makes the broker close Paho's connection and keep
+// the session, then returns from the callback; the PUBACK hits a closed connection and the broker
+// redelivers the message on the next connect. Plain TCP only: with TLS the held callback is left
+// parked and the client is leaked (the message is redelivered once the process exits).
+#include <netdb.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+
+#include "converge/broker/mqtt.h"
+#include "converge/common/log.h"
+#include "mqtt_paho.h"
+
+namespace converge::broker {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+void PutU16(std::string& out, size_t v) {
+  out.push_back(static_cast<char>((v >> 8) & 0xFF));
+  out.push_back(static_cast<char>(v & 0xFF));
+}
+void PutStr(std::string& out, const std::string& s) {
+  PutU16(out, s.size());
+  out += s;
+}
+void PutVarint(std::string& out, size_t v) {
+  do {
+    uint8_t b = v % 128;
+    v /= 128;
+    if (v > 0) b |= 0x80;
+    out.push_back(static_cast<char>(b));
+  } while (v > 0);
+}
+
+// Takes the session over with a raw MQTT 5 CONNECT (clean start = false) and leaves with a
+// normal DISCONNECT: the broker closes the other connection of this client id and keeps the
+// session (and the unacknowledged message in it). OK once the CONNACK arrived.
+Status KickConnection(const MqttOptions& o) {
+  std::string hostport;
+  for (const char* scheme : {"tcp://", "mqtt://"})
+    if (o.url.rfind(scheme, 0) == 0) hostport = o.url.substr(std::string(scheme).size());
+  if (hostport.empty()) return Status::FailedPrecondition("kick needs a tcp:// or mqtt:// url");
+  const auto colon = hostport.rfind(':');
+  const std::string host = colon == std::string::npos ? hostport : hostport.substr(0, colon);
+  const std::string port = colon == std::string::npos ? "1883" : hostport.substr(colon + 1);
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (::getaddrinfo(host.c_str(), port.c_str(), &hints, &res) != 0 || res == nullptr)
+    return Status::Unavailable("kick: cannot resolve " + host);
+  int fd = ::socket(res->ai_family, SOCK_STREAM, 0);
+  timeval tv{2, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  const bool connected = fd >= 0 && ::connect(fd, res->ai_addr, res->ai_addrlen) == 0;
+  ::freeaddrinfo(res);
+  if (!connected) {
+    if (fd >= 0) ::close(fd);
+    return Status::Unavailable("kick: cannot connect to " + hostport);
+  }
+  std::string body;
+  PutStr(body, "MQTT");
+  body.push_back(5);
+  uint8_t flags = 0;  // clean start = false
+  if (!o.username.empty()) flags |= 0x80;
+  if (!o.password.empty()) flags |= 0x40;
+  body.push_back(static_cast<char>(flags));
+  PutU16(body, 0);  // keepalive: none for this short connection
+  // Properties: Session Expiry Interval, the same as the source's own.
+  const uint32_t expiry = static_cast<uint32_t>(o.session_expiry.count());
+  body.push_back(5);
+  body.push_back(0x11);
+  for (int shift = 24; shift >= 0; shift -= 8)
+    body.push_back(static_cast<char>((expiry >> shift) & 0xFF));
+  PutStr(body, o.client_id);
+  if (!o.username.empty()) PutStr(body, o.username);
+  if (!o.password.empty()) PutStr(body, o.password);
+  std::string packet(1, static_cast<char>(0x10));
+  PutVarint(packet, body.size());
+  packet += body;
+  Status st = Status::Ok();
+  if (::send(fd, packet.data(), packet.size(), MSG_NOSIGNAL) !=
+      static_cast<ssize_t>(packet.size())) {
+    st = Status::Unavailable("kick: send failed");
+  } else {
+    unsigned char ack[4] = {0};
+    const ssize_t n = ::recv(fd, ack, sizeof ack, 0);
+    if (n < 4 || ack[0] != 0x20 || ack[3] != 0)
+      st = Status::Unavailable("kick: no successful CONNACK");
+    const char disconnect[2] = {static_cast<char>(0xE0), 0};
+    ::send(fd, disconnect, sizeof disconnect, MSG_NOSIGNAL);
+  }
+  ::close(fd);
+  return st;
+}
+
+class MqttSource final : public MessageSource {
+ public:
+  explicit MqttSource(MqttOptions o)
+      : o_(std::move(o)), cli_(mqtt_internal::NewClient(o_, o_.client_id)) {}
+
+  ~MqttSource() override {
+    Close();
+    std::lock_guard<std::mutex> lock(mu_);
+    destroyed_ = true;
+    cv_.notify_all();
+  }
+
+  Status Subscribe(const std::vector<std::string>& topics, AssignmentListener* listener) override {
+    if (topics.empty()) return Status::InvalidArgument("mqtt source: no topic filters");
+    for (const auto& t : topics) {
+      if (t.empty() || t.rfind("$share/", 0) == 0)
+        return Status::InvalidArgument("mqtt source: topic filter \"" + t +
+                                       "\" must be non-empty and without $share/ (use "
+                                       "mqtt.shared_group)");
+      const auto hash = t.find('#');
+      if (hash != std::string::npos && hash != t.size() - 1)
+        return Status::InvalidArgument("mqtt source: '#' must be last in \"" + t + "\"");
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      filters_ = topics;
+      listener_ = listener;
+      assigned_ = false;
+    }
+    cli_->set_connected_handler([this](const std::string&) {
+      connected_.store(true);
+      OnConnected();
+    });
+    cli_->set_connection_lost_handler([this](const std::string&) {
+      connected_.store(false);
+      log_.LogEvery("mqtt.lost", std::chrono::seconds(10), Level::kWarn,
+                    "mqtt connection lost; reconnecting", {{"url", o_.url}});
+    });
+    cli_->set_message_callback([this](::mqtt::const_message_ptr m) { OnMessage(m); });
+    return Connect(milliseconds(o_.connect_timeout));
+  }
+
+  Result<std::vector<ReceivedRecord>> Poll(size_t max_records, milliseconds timeout) override {
+    std::vector<TopicPartition> to_assign;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!assigned_ && listener_) {
+        assigned_ = true;
+        for (const auto& f : filters_) to_assign.push_back({f, 0});
+      }
+    }
+    if (!to_assign.empty()) {
+      // Each filter is one partition; the returned offsets only raise the counter's floor.
+      auto start = listener_->OnAssigned(to_assign);
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const auto& [tp, off] : start) next_offset_ = std::max(next_offset_, off);
+    }
+    if (!ever_connected_.load()) {  // before the first connect no callback can hold Paho
+      Status st = Connect(std::min(timeout, milliseconds(o_.connect_timeout)));
+      if (!st.ok()) return st;
+    }
+    std::vector<ReceivedRecord> out;
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, timeout, [&] { return !ready_.empty() || stopping_; });
+    while (!ready_.empty() && out.size() < max_records) {
+      Held& h = held_.at(ready_.front());
+      ready_.pop_front();
+      h.record.offset = next_offset_++;
+      out.push_back(h.record);
+    }
+    if (out.empty() && !connected_.load())
+      return Status::Unavailable("mqtt: disconnected from " + o_.url + " (reconnecting)");
+    return out;
+  }
+
+  void Ack(const std::vector<ReceivedRecord>& records) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& r : records) {
+      auto it = held_.find(r.ack_token);
+      if (it != held_.end()) it->second.acked = true;
+    }
+    cv_.notify_all();
+  }
+
+  // MQTT cannot rewind. Seek raises the offset floor to `offset` and hands the records of that
+  // filter that were polled but not acked (their PUBACK is still held) to the next Poll again.
+  Status Seek(const TopicPartition& tp, int64_t offset) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    next_offset_ = std::max(next_offset_, offset);
+    for (auto& [token, h] : held_) {
+      if (h.record.topic != tp.topic || h.acked) continue;
+      if (std::find(ready_.begin(), ready_.end(), token) == ready_.end()) ready_.push_front(token);
+    }
+    cv_.notify_all();
+    return Status::Ok();
+  }
+
+  void Close() override {
+    bool kick = false;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (closed_) return;
+      closed_ = true;
+      stopping_ = true;
+      // Acked callbacks leave by themselves; wait for them (bounded).
+      cv_.wait_for(lock, milliseconds(2000), [&] { return in_callback_ == 0 || HasUnacked(); });
+      kick = in_callback_ > 0;
+    }
+    if (kick && !Kick()) {
+      // Cannot drop the connection without acking: leave the callback parked and the client
+      // alive (destroying it would block on Paho's mutex). Redelivered when the process exits.
+      log_.Log(Level::kError,
+               "mqtt source closed with an unacknowledged message held; it stays unacknowledged "
+               "until this process exits",
+               {{"client_id", o_.client_id}});
+      leaked_ = true;
+      (void)cli_.release();
+      return;
+    }
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      release_ = true;
+      cv_.notify_all();
+      cv_.wait_for(lock, milliseconds(3000), [&] { return in_callback_ == 0; });
+    }
+    try {
+      cli_->disconnect(1000)->wait_for(milliseconds(2000));
+    } catch (const ::mqtt::exception&) {
+      // Not connected (the kick dropped it): disconnect() still stops the automatic reconnect.
+    }
+  }
+
+ private:
+  struct Held {
+    ReceivedRecord record;
+    bool acked = false;
+  };
+
+  bool HasUnacked() const {
+    for (const auto& [t, h] : held_)
+      if (!h.acked) return true;
+    return false;
+  }
+
+  // Drops this client's connection through the broker without acking (see the file comment).
+  bool Kick() {
+    Status st = KickConnection(o_);
+    if (!st.ok())
+      log_.Log(Level::kWarn, "mqtt source could not drop its connection",
+               {{"error", st.ToString()}});
+    return st.ok();
+  }
+
+  Status Connect(milliseconds timeout) {
+    try {
+      if (!connect_tok_) {
+        // Persistent session: what the broker sent but we never acked is redelivered.
+        ::mqtt::connect_options opts = mqtt_internal::ConnectOptions(o_, /*clean_start=*/false);
+        opts.set_properties(::mqtt::properties{
+            {::mqtt::property::SESSION_EXPIRY_INTERVAL,
+             static_cast<int>(std::min<int64_t>(o_.session_expiry.count(), 0x7FFFFFFF))}});
+        connect_tok_ = cli_->connect(opts);
+      }
+      if (!connect_tok_->wait_for(timeout))
+        return Status::Unavailable("mqtt: not connected to " + o_.url + " yet");
+      connect_tok_.reset();
+      ever_connected_.store(true);
+      return Status::Ok();
+    } catch (const ::mqtt::exception& e) {
+      connect_tok_.reset();
+      return Status::Unavailable("mqtt connect to " + o_.url +
+                                 " failed: " + mqtt_internal::Describe(e));
+    }
+  }
+
+  // On every (re)connect: subscribe without waiting (waiting here would deadlock Paho).
+  void OnConnected() {
+    std::vector<std::string> filters;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      filters = filters_;
+    }
+    log_.Log(Level::kInfo, "mqtt connected; subscribing",
+             {{"url", o_.url}, {"client_id", o_.client_id}, {"filters", filters.size()}});
+    for (const auto& f : filters) {
+      const std::string sub = o_.shared_group.empty() ? f : "$share/" + o_.shared_group + "/" + f;
+      try {
+        cli_->subscribe(sub, o_.qos);
+      } catch (const ::mqtt::exception& e) {
+        log_.Log(Level::kError, "mqtt subscribe failed",
+                 {{"filter", sub}, {"error", mqtt_internal::Describe(e)}});
+      }
+    }
+  }
+
+  // Paho's receive thread. Returns (and so lets Paho send the PUBACK) only once the record is
+  // acked, or when the source is closing (after the disconnect, so nothing is acked then).
+  void OnMessage(const ::mqtt::const_message_ptr& m) {
+    try {
+      ReceivedRecord rec;
+      const std::string& topic = m->get_topic();
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        for (const auto& f : filters_)
+          if (MqttTopicMatches(f, topic)) {
+            rec.topic = f;
+            break;
+          }
+      }
+      if (rec.topic.empty()) rec.topic = topic;  // e.g. a session subscription from before
+      rec.partition = 0;
+      rec.key = topic;
+      rec.payload = m->get_payload_str();
+      rec.broker_time = std::chrono::system_clock::now();
+      const ::mqtt::properties& props = m->get_properties();
+      const size_t n = props.count(::mqtt::property::USER_PROPERTY);
+      for (size_t i = 0; i < n; ++i) {
+        auto kv = ::mqtt::get<::mqtt::string_pair>(props, ::mqtt::property::USER_PROPERTY, i);
+        rec.headers.emplace_back(std::get<0>(kv), std::get<1>(kv));
+      }
+      if (props.contains(::mqtt::property::CONTENT_TYPE))
+        rec.content_type = ::mqtt::get<std::string>(props, ::mqtt::property::CONTENT_TYPE);
+      std::unique_lock<std::mutex> lock(mu_);
+      if (stopping_) {
+        // Closing: never hand out or ack a new message. Drop the connection, then return.
+        lock.unlock();
+        if (!Kick()) {
+          std::unique_lock<std::mutex> relock(mu_);
+          cv_.wait(relock, [&] { return destroyed_; });
+        }
+        return;
+      }
+      ++in_callback_;
+      const uint64_t token = ++last_token_;
+      rec.ack_token = token;
+      held_.emplace(token, Held{std::move(rec), false});
+      ready_.push_back(token);
+      cv_.notify_all();
+      const auto since = Clock::now();
+      bool warned = false;
+      while (!held_.at(token).acked && !release_) {
+        cv_.wait_for(lock, milliseconds(500));
+        if (!warned && Clock::now() - since > MaxProcessingTime(o_)) {
+          warned = true;
+          log_.Log(Level::kWarn,
+                   "mqtt message not acknowledged within half the keepalive; the broker may "
+                   "drop the connection and redeliver it",
+                   {{"topic", topic}, {"max_processing_ms", MaxProcessingTime(o_).count()}});
+        }
+      }
+      held_.erase(token);
+      std::erase(ready_, token);
+      --in_callback_;
+      cv_.notify_all();
+    } catch (const std::exception& e) {
+      // An exception must not cross Paho's C frames. Park instead of returning: returning
+      // would ack a message the runtime never saw.
+      log_.Log(Level::kError, "mqtt message callback failed", {{"error", e.what()}});
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return destroyed_; });
+    }
+  }
+
+  MqttOptions o_;
+  std::unique_ptr<::mqtt::async_client> cli_;
+  ::mqtt::token_ptr connect_tok_;
+  std::atomic<bool> ever_connected_{false};
+  Logger log_{"mqtt"};
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::string> filters_;
+  AssignmentListener* listener_ = nullptr;
+  bool assigned_ = false;
+  std::map<uint64_t, Held> held_;
+  std::deque<uint64_t> ready_;
+  uint64_t last_token_ = 0;
+  int64_t next_offset_ = 1;
+  int in_callback_ = 0;
+  bool stopping_ = false;  // Close() started: no new record is handed out or acked
+  bool release_ = false;   // Close(): the connection was dropped; parked callbacks may return
+  bool destroyed_ = false;
+  bool closed_ = false;
+  bool leaked_ = false;
+  std::atomic<bool> connected_{false};
+};
+
+}  // namespace
+
+Result<std::unique_ptr<MessageSource>> MakeMqttSource(const MqttOptions& options) {
+  CONVERGE_RETURN_IF_ERROR(options.Validate());
+  if (options.client_id.empty())
+    return Status::InvalidArgument(
+        "mqtt.client_id must be set for a source (its persistent session is keyed by it)");
+  try {
+    return std::unique_ptr<MessageSource>(new MqttSource(options));
+  } catch (const ::mqtt::exception& e) {
+    return Status::InvalidArgument("mqtt client: " + mqtt_internal::Describe(e));
+  }
+}
+
+}  // namespace converge::broker
