@@ -582,6 +582,13 @@ TEST(ConvergectlTest, ConsumerReplayRefusalsAndStatusScreen) {
             std::string::npos)
       << r.out;
   EXPECT_EQ(r.out.find("DEVICE COMMANDS"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("needs attention"), std::string::npos) << r.out;
+  EXPECT_EQ(Ctl(db, {"status", "--no-kafka", "--check"}).rc, 1);
+  TestDatabase quiet;
+  ASSERT_TRUE(quiet.ok());
+  r = Ctl(quiet, {"status", "--no-kafka", "--check", "--output", "json"});
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_FALSE(Json(r)->getValue<bool>("needs_attention"));
   db.Scalar(
       "CREATE TABLE converge.device_commands (id bigint, status text);"
       "INSERT INTO converge.device_commands VALUES (1, 'pending'), (2, 'pending')");

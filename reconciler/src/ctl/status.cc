@@ -98,6 +98,10 @@ int Status_(Invocation& inv) {
   }
   int64_t open_dead = 0;
   for (const auto& d : dead) open_dead += I(d[4]);
+  // --check: exit 1 when something waits for a person (for monitoring scripts).
+  const bool attention = open_dead > 0 || I(keys[0][0]) > 0 || I(flows[0][1]) > 0 ||
+                         I(flows[0][3]) > 0 || I(flows[0][4]) > 0;
+  const int rc = inv.Has("check") && attention ? kExitFailed : kExitOk;
 
   if (inv.json()) {
     JsonWriter j;
@@ -182,9 +186,10 @@ int Status_(Invocation& inv) {
       for (const auto& d : *devices) j.Key(d[0].c_str()).Int(I(d[1]));
       j.EndObject();
     }
+    j.Key("needs_attention").Bool(attention);
     j.EndObject();
     inv.out() << j.str() << "\n";
-    return kExitOk;
+    return rc;
   }
 
   std::ostream& os = inv.out();
@@ -244,7 +249,11 @@ int Status_(Invocation& inv) {
     for (const auto& d : *devices) os << " " << d[0].c_str() << "=" << d[1].c_str();
     os << "\n";
   }
-  return kExitOk;
+  if (attention)
+    os << "\nneeds attention: see convergectl dlq list, convergectl keys list"
+       << (I(flows[0][1]) + I(flows[0][3]) + I(flows[0][4]) > 0 ? ", convergectl flows" : "")
+       << "\n";
+  return rc;
 }
 
 const Registration kStatus({.path = "status",
@@ -253,7 +262,10 @@ const Registration kStatus({.path = "status",
                             .options = {{"kafka", "BROKERS",
                                          "Kafka bootstrap servers for consumer lag (default "
                                          "$CONVERGE_KAFKA_BROKERS)"},
-                                        {"no-kafka", "", "do not ask Kafka (no lag column)"}},
+                                        {"no-kafka", "", "do not ask Kafka (no lag column)"},
+                                        {"check", "",
+                                         "exit 1 when something needs a person (open dead "
+                                         "letters, parked keys, stuck or parked flows)"}},
                             .run = Status_});
 
 }  // namespace
