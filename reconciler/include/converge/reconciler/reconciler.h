@@ -1,0 +1,120 @@
+// The reconciler engine behind `converge-reconciler`: finds flows past their deadline and drives
+// them (re-emit, compensate in reverse order, park as needs_attention), and measures the other
+// stuck things Converge stores (old outbox rows, parked keys, open dead letters, flows by state).
+//
+//   Reconciler r(options);
+//   r.Run();              // until Stop(); or ScanOnce() from a test loop
+//
+// Every decision is one call of converge.flow_reconcile() (schemas/migrations/0003_flows.sql):
+// due flows are claimed with FOR UPDATE SKIP LOCKED and compared with the database's now(), so
+// several reconcilers share the work without waiting for each other, and the host clock (skewed,
+// jumping) never decides whether a flow is late. A reconciler killed mid-pass loses only its
+// open transaction: nothing it emitted or changed in that pass is committed.
+//
+// Thread safety: Run() on one thread; Stop() and stats() from any thread.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "converge/common/status.h"
+
+namespace converge::reconciler {
+
+struct ReconcilerOptions {
+  // PostgreSQL URL of the database with the converge schema. Required.
+  std::string database_url;
+  // Name of this instance in logs (default host:pid).
+  std::string instance_id;
+  // Due flows handled per transaction.
+  int batch_size = 100;
+  // Pause between passes when the last pass found nothing to do.
+  std::chrono::milliseconds poll_interval{1000};
+  // How often the stuck-things snapshot (metrics) is refreshed.
+  std::chrono::milliseconds stuck_interval{10000};
+  // Outbox rows older than this count as stuck (converge_reconciler_outbox_stuck_rows).
+  std::chrono::milliseconds outbox_age_threshold{300000};
+  // Delay between reconnect attempts after the database connection was lost.
+  std::chrono::milliseconds reconnect_interval{1000};
+
+  // Names the first bad field.
+  Status Validate() const;
+};
+
+// What one pass did.
+struct ScanResult {
+  int reemitted = 0;              // step commands re-emitted (next attempt)
+  int compensations_started = 0;  // flows that began compensating
+  int compensated = 0;            // flows with nothing to undo, compensated at once
+  int compensations_reemitted = 0;
+  int needs_attention = 0;  // flows parked for a person
+  int total() const {
+    return reemitted + compensations_started + compensated + compensations_reemitted +
+           needs_attention;
+  }
+};
+
+// The other stuck things, read in one transaction.
+struct StuckSnapshot {
+  int64_t outbox_rows = 0;
+  int64_t outbox_stuck_rows = 0;     // older than outbox_age_threshold
+  double outbox_oldest_seconds = 0;  // 0 when empty
+  int64_t parked_keys = 0;
+  int64_t blocked_keys = 0;  // in retry backoff
+  int64_t open_dead_letters = 0;
+  std::map<std::string, int64_t> flows_by_state;  // every state, 0 included
+  int64_t flows_overdue = 0;                      // running/compensating past their deadline now
+  // Device tables (present only once the MQTT device migration exists; -1 when absent).
+  int64_t unacked_device_commands = -1;
+  int64_t unconverged_device_twins = -1;
+};
+
+// Counters since start; read by the metrics endpoint.
+struct ReconcilerStats {
+  std::atomic<uint64_t> passes{0};
+  std::atomic<uint64_t> reemitted{0};
+  std::atomic<uint64_t> compensations_started{0};
+  std::atomic<uint64_t> compensated{0};
+  std::atomic<uint64_t> compensations_reemitted{0};
+  std::atomic<uint64_t> needs_attention{0};
+  std::atomic<uint64_t> errors{0};
+  std::atomic<int64_t> ready{0};  // 1 while connected
+};
+
+class Reconciler {
+ public:
+  explicit Reconciler(ReconcilerOptions options);
+  ~Reconciler();
+  Reconciler(const Reconciler&) = delete;
+  Reconciler& operator=(const Reconciler&) = delete;
+
+  // Loops until Stop(): passes, stuck snapshots, reconnects. Returns an error only for what
+  // needs a person (invalid options, schema missing).
+  Status Run();
+  void Stop();
+
+  // One pass over due flows (at most batch_size per transaction, repeated while batches are
+  // full). Connects when needed.
+  Result<ScanResult> ScanOnce();
+  // Reads the stuck-things snapshot now and keeps it for Snapshot().
+  Result<StuckSnapshot> RefreshSnapshot();
+  // The last snapshot taken (empty before the first).
+  StuckSnapshot LastSnapshot() const;
+
+  const ReconcilerStats& stats() const { return stats_; }
+
+ private:
+  struct Impl;
+  ReconcilerOptions options_;
+  ReconcilerStats stats_;
+  std::unique_ptr<Impl> impl_;
+  mutable std::mutex snapshot_mu_;
+  StuckSnapshot snapshot_;  // guarded by snapshot_mu_
+};
+
+}  // namespace converge::reconciler

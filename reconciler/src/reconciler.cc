@@ -1,0 +1,236 @@
+#include "converge/reconciler/reconciler.h"
+
+#include <unistd.h>
+
+#include <pqxx/pqxx>
+
+#include <thread>
+
+#include "converge/common/log.h"
+#include "converge/schemas/pg.h"
+
+namespace converge::reconciler {
+
+namespace {
+
+std::string DefaultInstanceId() {
+  char host[256] = {0};
+  if (gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
+  return std::string(host[0] ? host : "localhost") + ":" + std::to_string(getpid());
+}
+
+// Sleeps in short relative slices (nanosleep), so Stop() is prompt and a jump of the host's
+// wall clock cannot stretch or cut the pause.
+void SleepUnlessStopped(std::chrono::milliseconds d, const std::atomic<bool>& stop) {
+  const auto slice = std::chrono::milliseconds(20);
+  while (d.count() > 0 && !stop.load()) {
+    const auto step = std::min(d, slice);
+    std::this_thread::sleep_for(step);
+    d -= step;
+  }
+}
+
+}  // namespace
+
+Status ReconcilerOptions::Validate() const {
+  if (database_url.empty()) return Status::InvalidArgument("database.url must be set");
+  if (batch_size < 1 || batch_size > 100000)
+    return Status::InvalidArgument("reconciler.batch_size must be 1 to 100000");
+  if (poll_interval.count() <= 0)
+    return Status::InvalidArgument("reconciler.poll_interval must be > 0");
+  if (stuck_interval.count() <= 0)
+    return Status::InvalidArgument("reconciler.stuck_interval must be > 0");
+  if (outbox_age_threshold.count() <= 0)
+    return Status::InvalidArgument("reconciler.outbox_age_threshold must be > 0");
+  if (reconnect_interval.count() <= 0)
+    return Status::InvalidArgument("reconciler.reconnect_interval must be > 0");
+  return Status::Ok();
+}
+
+struct Reconciler::Impl {
+  std::unique_ptr<pqxx::connection> conn;
+  std::atomic<bool> stop{false};
+};
+
+Reconciler::Reconciler(ReconcilerOptions options)
+    : options_(std::move(options)), impl_(std::make_unique<Impl>()) {
+  if (options_.instance_id.empty()) options_.instance_id = DefaultInstanceId();
+}
+
+Reconciler::~Reconciler() = default;
+
+void Reconciler::Stop() { impl_->stop.store(true); }
+
+Result<ScanResult> Reconciler::ScanOnce() {
+  if (!impl_->conn || !impl_->conn->is_open()) {
+    auto c = pg::Connect(options_.database_url);
+    if (!c.ok()) {
+      stats_.ready.store(0);
+      return c.status();
+    }
+    impl_->conn = std::move(c).value();
+    stats_.ready.store(1);
+  }
+  ScanResult total;
+  for (;;) {
+    ScanResult pass;
+    int rows = 0;
+    Status st = pg::RunInTransaction(*impl_->conn, [&](pqxx::work& tx) -> Status {
+      pass = ScanResult{};
+      auto r = tx.exec_params("SELECT flow_id::text, action FROM converge.flow_reconcile($1)",
+                              options_.batch_size);
+      rows = static_cast<int>(r.size());
+      for (const auto& row : r) {
+        const std::string action = row[1].c_str();
+        if (action == "reemitted") {
+          ++pass.reemitted;
+        } else if (action == "compensation_started") {
+          ++pass.compensations_started;
+        } else if (action == "compensated") {
+          ++pass.compensated;
+        } else if (action == "compensation_reemitted") {
+          ++pass.compensations_reemitted;
+        } else if (action == "needs_attention") {
+          ++pass.needs_attention;
+          Log(Level::kWarn, "flow needs attention",
+              {{"flow_id", row[0].c_str()}, {"instance", options_.instance_id}});
+        }
+      }
+      return Status::Ok();
+    });
+    if (!st.ok()) {
+      stats_.errors.fetch_add(1);
+      if (st.code() == StatusCode::kUnavailable) {
+        impl_->conn.reset();
+        stats_.ready.store(0);
+      }
+      return st;
+    }
+    stats_.passes.fetch_add(1);
+    stats_.reemitted.fetch_add(pass.reemitted);
+    stats_.compensations_started.fetch_add(pass.compensations_started);
+    stats_.compensated.fetch_add(pass.compensated);
+    stats_.compensations_reemitted.fetch_add(pass.compensations_reemitted);
+    stats_.needs_attention.fetch_add(pass.needs_attention);
+    total.reemitted += pass.reemitted;
+    total.compensations_started += pass.compensations_started;
+    total.compensated += pass.compensated;
+    total.compensations_reemitted += pass.compensations_reemitted;
+    total.needs_attention += pass.needs_attention;
+    if (rows < options_.batch_size || impl_->stop.load()) break;
+  }
+  return total;
+}
+
+Result<StuckSnapshot> Reconciler::RefreshSnapshot() {
+  if (!impl_->conn || !impl_->conn->is_open()) {
+    auto c = pg::Connect(options_.database_url);
+    if (!c.ok()) return c.status();
+    impl_->conn = std::move(c).value();
+  }
+  StuckSnapshot s;
+  Status st = pg::RunInTransaction(*impl_->conn, [&](pqxx::work& tx) -> Status {
+    s = StuckSnapshot{};
+    auto o = tx.exec_params(
+        "SELECT count(*), count(*) FILTER (WHERE created_at < now() - $1 * interval '1 "
+        "millisecond'), "
+        "coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 FROM converge.outbox",
+        static_cast<int64_t>(options_.outbox_age_threshold.count()));
+    s.outbox_rows = o[0][0].as<int64_t>();
+    s.outbox_stuck_rows = o[0][1].as<int64_t>();
+    s.outbox_oldest_seconds = std::max(0.0, o[0][2].as<double>());
+    auto k = tx.exec(
+        "SELECT count(*) FILTER (WHERE parked), count(*) FILTER (WHERE NOT parked) "
+        "FROM converge.outbox_blocked_keys");
+    s.parked_keys = k[0][0].as<int64_t>();
+    s.blocked_keys = k[0][1].as<int64_t>();
+    s.open_dead_letters =
+        tx.exec("SELECT count(*) FROM converge.dead_letters WHERE status = 'open'")[0][0]
+            .as<int64_t>();
+    for (const char* state :
+         {"running", "completed", "compensating", "compensated", "needs_attention"})
+      s.flows_by_state[state] = 0;
+    for (const auto& row : tx.exec("SELECT state, count(*) FROM converge.flows GROUP BY state"))
+      s.flows_by_state[row[0].c_str()] = row[1].as<int64_t>();
+    s.flows_overdue = tx.exec(
+                            "SELECT count(*) FROM converge.flows WHERE state IN "
+                            "('running', 'compensating') AND deadline_at <= now()")[0][0]
+                          .as<int64_t>();
+    // Device tables arrive with the MQTT device migration; measure them only once they exist.
+    auto dev = tx.exec(
+        "SELECT to_regclass('converge.device_commands') IS NOT NULL, "
+        "to_regclass('converge.device_twins') IS NOT NULL");
+    if (dev[0][0].as<bool>()) {
+      s.unacked_device_commands =
+          tx.exec("SELECT count(*) FROM converge.device_commands WHERE acked_at IS NULL")[0][0]
+              .as<int64_t>();
+    }
+    if (dev[0][1].as<bool>()) {
+      s.unconverged_device_twins = tx.exec(
+                                         "SELECT count(*) FROM converge.device_twins "
+                                         "WHERE reported IS DISTINCT FROM desired")[0][0]
+                                       .as<int64_t>();
+    }
+    return Status::Ok();
+  });
+  if (!st.ok()) {
+    // A device table with other columns than expected must not hide the rest: retry without.
+    if (st.code() == StatusCode::kUnavailable) {
+      impl_->conn.reset();
+      stats_.ready.store(0);
+    }
+    return st;
+  }
+  {
+    std::lock_guard<std::mutex> lock(snapshot_mu_);
+    snapshot_ = s;
+  }
+  return s;
+}
+
+StuckSnapshot Reconciler::LastSnapshot() const {
+  std::lock_guard<std::mutex> lock(snapshot_mu_);
+  return snapshot_;
+}
+
+Status Reconciler::Run() {
+  CONVERGE_RETURN_IF_ERROR(options_.Validate());
+  Log(Level::kInfo, "reconciler started", {{"instance", options_.instance_id}});
+  auto last_snapshot = std::chrono::steady_clock::time_point{};
+  bool snapshot_taken = false;
+  while (!impl_->stop.load()) {
+    auto scan = ScanOnce();
+    if (!scan.ok()) {
+      if (scan.status().code() == StatusCode::kFailedPrecondition) {
+        Log(Level::kError, "reconciler cannot run", {{"error", scan.status()}});
+        return scan.status();
+      }
+      Log(Level::kWarn, "reconciler pass failed; retrying", {{"error", scan.status()}});
+      SleepUnlessStopped(options_.reconnect_interval, impl_->stop);
+      continue;
+    }
+    if (scan->total() > 0) {
+      Log(Level::kInfo, "reconciled flows",
+          {{"reemitted", scan->reemitted},
+           {"compensations_started", scan->compensations_started},
+           {"compensated", scan->compensated},
+           {"compensations_reemitted", scan->compensations_reemitted},
+           {"needs_attention", scan->needs_attention},
+           {"instance", options_.instance_id}});
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (!snapshot_taken || now - last_snapshot >= options_.stuck_interval) {
+      auto snap = RefreshSnapshot();
+      if (!snap.ok()) {
+        Log(Level::kWarn, "stuck-things snapshot failed", {{"error", snap.status()}});
+      }
+      snapshot_taken = true;
+      last_snapshot = now;
+    }
+    SleepUnlessStopped(options_.poll_interval, impl_->stop);
+  }
+  Log(Level::kInfo, "reconciler stopped", {{"instance", options_.instance_id}});
+  return Status::Ok();
+}
+
+}  // namespace converge::reconciler

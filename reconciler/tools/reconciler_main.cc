@@ -1,0 +1,229 @@
+// converge-reconciler: drives flows past their deadline (re-emit, compensate, park) and exposes
+// the stuck things Converge stores as metrics. Several may run against one database. See
+// reconciler/README.md and docs/flows.md.
+#include <signal.h>
+
+#include <iostream>
+#include <thread>
+
+#include "converge/common/config.h"
+#include "converge/common/http_server.h"
+#include "converge/common/log.h"
+#include "converge/common/metrics.h"
+#include "converge/reconciler/reconciler.h"
+
+namespace converge {
+namespace {
+
+using std::chrono::milliseconds;
+
+struct Keys {
+  explicit Keys(ConfigSchema& s)
+      : db_url(
+            s.String("database.url", "", "PostgreSQL URL of the database with the converge schema")
+                .Env("CONVERGE_PG_URL")
+                .Secret()
+                .Required()),
+        instance_id(s.String("reconciler.instance_id", "",
+                             "Name of this reconciler in logs (default host:pid)")),
+        batch_size(s.Int("reconciler.batch_size", 100, "Due flows handled per transaction")
+                       .Range(1, 100000)),
+        poll_interval(s.Duration("reconciler.poll_interval", milliseconds(1000),
+                                 "Pause between passes over due flows")
+                          .Range(milliseconds(1), milliseconds(3600000))),
+        stuck_interval(s.Duration("reconciler.stuck_interval", milliseconds(10000),
+                                  "How often the stuck-things metrics are refreshed")
+                           .Range(milliseconds(1), milliseconds(3600000))),
+        outbox_age(s.Duration("reconciler.outbox_age_threshold", milliseconds(300000),
+                              "Outbox rows older than this count as stuck")
+                       .Range(milliseconds(1), milliseconds(86400000 * 30LL))),
+        metrics_host(
+            s.String("metrics.host", "127.0.0.1", "Interface for /metrics, /healthz, /readyz")),
+        metrics_port(s.Int("metrics.port", 9465, "Port for /metrics (0 = ephemeral, -1 = off)")
+                         .Range(-1, 65535)),
+        log_level(
+            s.Enum("log.level", "info", {"debug", "info", "warn", "error"}, "Minimum log level")),
+        log_format(s.Enum("log.format", "logfmt", {"logfmt", "json"}, "Log line format")) {}
+
+  ConfigKey<std::string> db_url, instance_id;
+  ConfigKey<int64_t> batch_size;
+  ConfigKey<milliseconds> poll_interval, stuck_interval, outbox_age;
+  ConfigKey<std::string> metrics_host;
+  ConfigKey<int64_t> metrics_port;
+  ConfigKey<std::string> log_level, log_format;
+};
+
+Status RegisterMetrics(metrics::Registry& reg, const reconciler::Reconciler& r) {
+  const reconciler::ReconcilerStats& st = r.stats();
+  auto counter = [&](const char* name, const char* help, const std::atomic<uint64_t>& v) {
+    return reg.AddCallback(name, help, metrics::MetricType::kCounter, {}, [&v] {
+      return std::vector<metrics::Sample>{{{}, double(v.load())}};
+    });
+  };
+  CONVERGE_RETURN_IF_ERROR(
+      counter("converge_reconciler_passes_total", "Committed passes over due flows", st.passes));
+  CONVERGE_RETURN_IF_ERROR(counter("converge_reconciler_reemitted_total",
+                                   "Step commands re-emitted after their deadline", st.reemitted));
+  CONVERGE_RETURN_IF_ERROR(counter("converge_reconciler_compensations_started_total",
+                                   "Flows that began compensating after their last attempt",
+                                   st.compensations_started));
+  CONVERGE_RETURN_IF_ERROR(counter("converge_reconciler_compensations_reemitted_total",
+                                   "Compensations re-emitted after their deadline",
+                                   st.compensations_reemitted));
+  CONVERGE_RETURN_IF_ERROR(counter("converge_reconciler_needs_attention_total",
+                                   "Flows parked as needs_attention", st.needs_attention));
+  CONVERGE_RETURN_IF_ERROR(counter("converge_reconciler_errors_total",
+                                   "Passes that failed (database unreachable, aborted)",
+                                   st.errors));
+  // The stuck-things snapshot, refreshed by the main loop every reconciler.stuck_interval.
+  auto snap_gauge = [&](const char* name, const char* help,
+                        std::function<double(const reconciler::StuckSnapshot&)> f) {
+    return reg.AddCallbackGauge(name, help, [&r, f] { return f(r.LastSnapshot()); });
+  };
+  CONVERGE_RETURN_IF_ERROR(snap_gauge("converge_reconciler_outbox_rows", "Rows in the outbox",
+                                      [](const auto& s) { return double(s.outbox_rows); }));
+  CONVERGE_RETURN_IF_ERROR(snap_gauge("converge_reconciler_outbox_stuck_rows",
+                                      "Outbox rows older than reconciler.outbox_age_threshold",
+                                      [](const auto& s) { return double(s.outbox_stuck_rows); }));
+  CONVERGE_RETURN_IF_ERROR(snap_gauge("converge_reconciler_outbox_oldest_seconds",
+                                      "Age of the oldest outbox row (database clock)",
+                                      [](const auto& s) { return s.outbox_oldest_seconds; }));
+  CONVERGE_RETURN_IF_ERROR(snap_gauge("converge_reconciler_parked_keys",
+                                      "Outbox keys parked behind a dead letter",
+                                      [](const auto& s) { return double(s.parked_keys); }));
+  CONVERGE_RETURN_IF_ERROR(snap_gauge("converge_reconciler_blocked_keys",
+                                      "Outbox keys in retry backoff",
+                                      [](const auto& s) { return double(s.blocked_keys); }));
+  CONVERGE_RETURN_IF_ERROR(snap_gauge("converge_reconciler_open_dead_letters",
+                                      "Dead letters with status open",
+                                      [](const auto& s) { return double(s.open_dead_letters); }));
+  CONVERGE_RETURN_IF_ERROR(snap_gauge("converge_reconciler_flows_overdue",
+                                      "Running or compensating flows past their deadline",
+                                      [](const auto& s) { return double(s.flows_overdue); }));
+  CONVERGE_RETURN_IF_ERROR(reg.AddCallback(
+      "converge_reconciler_flows", "Flows by state", metrics::MetricType::kGauge, {"state"}, [&r] {
+        std::vector<metrics::Sample> out;
+        for (const auto& [state, n] : r.LastSnapshot().flows_by_state)
+          out.push_back({{state}, double(n)});
+        return out;
+      }));
+  // Device metrics appear only when the device tables exist (MQTT device migration).
+  CONVERGE_RETURN_IF_ERROR(
+      reg.AddCallback("converge_reconciler_unacked_device_commands",
+                      "Device commands not acknowledged", metrics::MetricType::kGauge, {}, [&r] {
+                        auto s = r.LastSnapshot();
+                        std::vector<metrics::Sample> out;
+                        if (s.unacked_device_commands >= 0)
+                          out.push_back({{}, double(s.unacked_device_commands)});
+                        return out;
+                      }));
+  CONVERGE_RETURN_IF_ERROR(
+      reg.AddCallback("converge_reconciler_unconverged_device_twins",
+                      "Device twins whose reported state differs from the desired one",
+                      metrics::MetricType::kGauge, {}, [&r] {
+                        auto s = r.LastSnapshot();
+                        std::vector<metrics::Sample> out;
+                        if (s.unconverged_device_twins >= 0)
+                          out.push_back({{}, double(s.unconverged_device_twins)});
+                        return out;
+                      }));
+  return Status::Ok();
+}
+
+int Main(int argc, char** argv) {
+  ConfigSchema schema("converge-reconciler",
+                      "Re-emits, compensates or parks flows past their deadline (database "
+                      "clock) and exposes stuck outbox rows, parked keys and dead letters.");
+  const Keys k(schema);
+  auto inputs = ConfigInputs::FromMain(argc, argv);
+  for (const auto& a : inputs.args) {
+    if (a == "--help-markdown") {
+      std::cout << schema.MarkdownReference();
+      return 0;
+    }
+  }
+  auto loaded = schema.Load(inputs);
+  if (!loaded.ok()) {
+    std::cerr << "converge-reconciler: invalid configuration: " << loaded.status().message()
+              << "\n(see converge-reconciler --help)\n";
+    return 2;
+  }
+  const Config& cfg = *loaded;
+  if (cfg.help_requested()) {
+    std::cout << schema.HelpText();
+    return 0;
+  }
+  if (cfg.version_requested()) {
+    std::cout << "converge-reconciler 0.1.0\n";
+    return 0;
+  }
+  reconciler::ReconcilerOptions ro;
+  ro.database_url = cfg.Get(k.db_url);
+  ro.instance_id = cfg.Get(k.instance_id);
+  ro.batch_size = static_cast<int>(cfg.Get(k.batch_size));
+  ro.poll_interval = cfg.Get(k.poll_interval);
+  ro.stuck_interval = cfg.Get(k.stuck_interval);
+  ro.outbox_age_threshold = cfg.Get(k.outbox_age);
+  if (Status valid = ro.Validate(); !valid.ok()) {
+    std::cerr << "converge-reconciler: invalid configuration: " << valid.message() << "\n";
+    return 2;
+  }
+  if (cfg.check_config_requested()) {
+    std::cout << cfg.DumpEffective() << "configuration OK\n";
+    return 0;
+  }
+  LogOptions lo;
+  lo.min_level = *ParseLevel(cfg.Get(k.log_level));
+  lo.format = *ParseLogFormat(cfg.Get(k.log_format));
+  ConfigureLogging(lo);
+
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+
+  reconciler::Reconciler rec(ro);
+  metrics::Registry registry;
+  if (Status st = RegisterMetrics(registry, rec); !st.ok()) {
+    std::cerr << "converge-reconciler: " << st << "\n";
+    return 1;
+  }
+  std::unique_ptr<MetricsServer> server;
+  if (cfg.Get(k.metrics_port) >= 0) {
+    MetricsServerOptions mo;
+    mo.host = cfg.Get(k.metrics_host);
+    mo.port = static_cast<uint16_t>(cfg.Get(k.metrics_port));
+    mo.readiness = [&rec]() -> Status {
+      if (rec.stats().ready.load() == 0) return Status::Unavailable("not connected to PostgreSQL");
+      return Status::Ok();
+    };
+    server = std::make_unique<MetricsServer>(registry, mo);
+    if (Status st = server->Start(); !st.ok()) {
+      std::cerr << "converge-reconciler: metrics endpoint: " << st << "\n";
+      return 1;
+    }
+    Log(Level::kInfo, "metrics endpoint listening",
+        {{"address", mo.host + ":" + std::to_string(server->port())}});
+  }
+  std::thread signals([&] {
+    int sig = 0;
+    sigwait(&set, &sig);
+    Log(Level::kInfo, "signal received; stopping", {{"signal", sig}});
+    rec.Stop();
+  });
+  Status st = rec.Run();
+  if (server) server->Stop();
+  pthread_kill(signals.native_handle(), SIGTERM);
+  signals.join();
+  if (!st.ok()) {
+    Log(Level::kError, "reconciler stopped", {{"error", st.ToString()}});
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace converge
+
+int main(int argc, char** argv) { return converge::Main(argc, argv); }
