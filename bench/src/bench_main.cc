@@ -50,7 +50,7 @@ Sizes SizesFor(const std::string& mode) {
   if (mode == "tiny") return {mode, 500, 500, 100, 1, 200, 300, 50, {{1000, 1}}, 1, 0.5};
   if (mode == "quick")
     return {mode, 20000, 20000, 20000, 3, 5000, 10000, 1000, {{100, 4}, {1000, 5}}, 5, 2};
-  return {mode, 100000, 100000, 100000, 10, 20000, 50000, 5000, {{100, 10}, {1000, 15}, {5000, 10}},
+  return {mode, 100000, 100000, 100000, 10, 20000, 50000, 5000, {{100, 10}, {1000, 15}, {5000, 5}},
           10,   5};
 }
 
@@ -65,12 +65,17 @@ std::string Num(std::optional<double> v, int decimals = 3) {
 std::string Fmt(double v, int decimals = 0) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
-  std::string s = buf;
-  // Thousands separators for the integer part.
-  const auto dot = s.find('.');
-  int end = static_cast<int>(dot == std::string::npos ? s.size() : dot);
-  for (int i = end - 3; i > (s[0] == '-' ? 1 : 0); i -= 3) s.insert(static_cast<size_t>(i), ",");
-  return s;
+  const std::string s = buf;
+  // Thousands separators in the integer part.
+  const size_t sign = s[0] == '-' ? 1 : 0;
+  const size_t int_end = std::min(s.find('.'), s.size());
+  std::string out = s.substr(0, sign);
+  for (size_t i = sign; i < int_end; ++i) {
+    if (i > sign && (int_end - i) % 3 == 0) out.push_back(',');
+    out.push_back(s[i]);
+  }
+  out.append(s, int_end, std::string::npos);
+  return out;
 }
 
 struct Report {
@@ -134,6 +139,7 @@ struct Report {
       o << "  \"e2e_p50_ms_at_" << s << "\": " << Num(l.p50_ms, 2) << ",\n";
       o << "  \"e2e_p99_ms_at_" << s << "\": " << Num(l.p99_ms, 2) << ",\n";
       o << "  \"e2e_p999_ms_at_" << s << "\": " << Num(l.p999_ms, 2) << ",\n";
+      o << "  \"e2e_unapplied_at_" << s << "\": " << l.unapplied << ",\n";
       o << "  \"e2e_achieved_per_s_at_" << s << "\": " << Num(l.achieved_per_s, 1) << ",\n";
       const char* keys[] = {"relay", "transit", "commit"};
       for (size_t i = 0; i < l.stages.size() && i < 3; ++i) {
@@ -235,8 +241,6 @@ struct Report {
   }
 };
 
-void Step(const std::string& what) { std::cerr << "converge-bench: " << what << std::endl; }
-
 int Main(int argc, char** argv) {
   std::string mode = "full", out_json, out_md, relay_bin, work_dir;
   bool json = false;
@@ -319,49 +323,69 @@ int Main(int argc, char** argv) {
     return t;
   };
 
+  // A measurement that fails is reported in the notes and the run goes on; the exit status
+  // is 1 when any failed.
+  int failures = 0;
+  auto step = [&](const std::string& what, const std::function<void()>& fn) {
+    std::cerr << "converge-bench: " << what << std::endl;
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      std::cerr << "converge-bench: " << what << " FAILED: " << e.what() << std::endl;
+      rep.notes.push_back(what + " failed: " + e.what() + ".");
+      ++failures;
+    }
+  };
   if (want("ceilings")) {
-    Step("PostgreSQL ceilings");
-    rep.claim_delete = ClaimDeleteCeiling(db, z.claim_rows, 1000);
-    rep.ceilings = MeasureConsumerCeilings(db, z.consumer_batched, z.consumer_single, 500);
-    rep.writers = MeasureWriterCeilings(db, 16, z.writer_seconds);
+    step("PostgreSQL ceilings", [&] {
+      rep.claim_delete = ClaimDeleteCeiling(db, z.claim_rows, 1000);
+      rep.ceilings = MeasureConsumerCeilings(db, z.consumer_batched, z.consumer_single, 500);
+      rep.writers = MeasureWriterCeilings(db, 16, z.writer_seconds);
+    });
   }
   if (want("relay")) {
-    Step("relay → Kafka, 1 relay (and RSS, idle CPU)");
-    rep.relay1 = MeasureRelay(db, relay_bin, brokers, topic("relay1"), z.relay_rows, 1,
-                              z.idle_seconds, relay_log);
-    Step("Kafka publisher alone");
-    rep.publisher_alone = PublisherAlone(brokers, topic("publisher"), z.relay_rows, 1000);
-    Step("relay → Kafka, 3 relays");
-    rep.relay3 =
-        MeasureRelay(db, relay_bin, brokers, topic("relay3"), z.relay_rows, 3, 0, relay_log);
+    step("relay → Kafka, 1 relay (and RSS, CPU)", [&] {
+      rep.relay1 = MeasureRelay(db, relay_bin, brokers, topic("relay1"), z.relay_rows, 1,
+                                z.idle_seconds, relay_log);
+    });
+    step("Kafka publisher alone", [&] {
+      rep.publisher_alone = PublisherAlone(brokers, topic("publisher"), z.relay_rows, 1000);
+    });
+    step("relay → Kafka, 3 relays", [&] {
+      rep.relay3 =
+          MeasureRelay(db, relay_bin, brokers, topic("relay3"), z.relay_rows, 3, 0, relay_log);
+    });
   }
   if (want("naive")) {
-    Step("naive relay → Kafka");
-    rep.naive = NaiveRelay(db, brokers, topic("naive"), z.naive_rows, z.naive_seconds);
+    step("naive relay → Kafka", [&] {
+      rep.naive = NaiveRelay(db, brokers, topic("naive"), z.naive_rows, z.naive_seconds);
+    });
   }
   if (want("paho")) {
-    Step("plain Paho QoS 1 publisher");
-    rep.paho = PahoQos1(mqtt_url, "bench/" + pid + "/paho", z.paho_messages, 100);
+    step("plain Paho QoS 1 publisher",
+         [&] { rep.paho = PahoQos1(mqtt_url, "bench/" + pid + "/paho", z.paho_messages, 100); });
   }
   rep.notes.push_back(
       "relay_mqtt_vs_paho is null: converge-relay has no MQTT target yet (relay.target accepts "
-      "only kafka; broker-adapters has no MQTT publisher), so only the Paho baseline is "
-      "measured.");
+      "only kafka), so only the Paho baseline is measured.");
   if (want("consumer")) {
-    Step("consumer, batched");
-    rep.consumer_batched =
-        ConsumerThroughput(db, brokers, topic("consumer-batched"), z.consumer_batched, 500);
-    Step("consumer, one per transaction");
-    rep.consumer_single =
-        ConsumerThroughput(db, brokers, topic("consumer-single"), z.consumer_single, 1);
+    step("consumer, batched", [&] {
+      rep.consumer_batched =
+          ConsumerThroughput(db, brokers, topic("consumer-batched"), z.consumer_batched, 500);
+    });
+    step("consumer, one per transaction", [&] {
+      rep.consumer_single =
+          ConsumerThroughput(db, brokers, topic("consumer-single"), z.consumer_single, 1);
+    });
   }
   if (want("e2e")) {
     for (const auto& [rate, secs] : z.e2e) {
-      Step("end to end at " + Fmt(rate) + " msg/s");
-      db.Exec("TRUNCATE converge.outbox");
-      rep.e2e.push_back(MeasureEndToEnd(db, relay_bin, brokers,
-                                        topic("e2e-" + std::to_string(static_cast<long>(rate))),
-                                        rate, secs, relay_log));
+      step("end to end at " + Fmt(rate) + " msg/s", [&, rate = rate, secs = secs] {
+        db.Exec("TRUNCATE converge.outbox");
+        rep.e2e.push_back(MeasureEndToEnd(db, relay_bin, brokers,
+                                          topic("e2e-" + std::to_string(static_cast<long>(rate))),
+                                          rate, secs, relay_log));
+      });
     }
   }
   rep.notes.push_back(
@@ -375,7 +399,7 @@ int Main(int argc, char** argv) {
   if (!out_json.empty()) std::ofstream(out_json) << js;
   if (!out_md.empty()) std::ofstream(out_md) << md;
   std::cout << (json ? js : md);
-  return 0;
+  return failures == 0 ? 0 : 1;
 }
 
 }  // namespace

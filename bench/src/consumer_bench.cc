@@ -218,7 +218,7 @@ LatencyResult MeasureEndToEnd(const BenchDatabase& db, const std::string& relay_
     });
   }
   double write_secs = 0;
-  const auto deadline = start + std::chrono::duration<double>(seconds) + 60s;
+  const auto deadline = start + std::chrono::duration<double>(seconds) + 30s;
   while (true) {
     run_once();
     if (writers_done == writers) {
@@ -236,10 +236,15 @@ LatencyResult MeasureEndToEnd(const BenchDatabase& db, const std::string& relay_
 
   std::vector<double> ms, relay_ms, transit_ms, commit_ms;
   auto millis = [](auto d) { return std::chrono::duration<double, std::milli>(d).count(); };
+  const auto end = Clock::now();
+  long unapplied = 0;
   for (const auto& [id, at] : committed) {
     auto it = applied.find(id);
-    if (it == applied.end())
-      throw BenchError("e2e: message " + id + " committed but not applied within 60 s");
+    if (it == applied.end()) {
+      ++unapplied;
+      ms.push_back(millis(end - at.at));  // a lower bound
+      continue;
+    }
     ms.push_back(millis(it->second.at - at.at));
     const Seen& s = seen[id];
     relay_ms.push_back(millis(s.produced - at.wall));
@@ -253,6 +258,7 @@ LatencyResult MeasureEndToEnd(const BenchDatabase& db, const std::string& relay_
       {"handler → consumer commit", Percentile(commit_ms, 50), Percentile(commit_ms, 99)}};
   r.offered_per_s = rate;
   r.rows_per_transaction = per_tx;
+  r.unapplied = unapplied;
   r.messages = static_cast<long>(ms.size());
   r.achieved_per_s = static_cast<double>(ms.size()) / write_secs;
   r.p50_ms = Percentile(ms, 50);

@@ -34,7 +34,10 @@ SELECT o.id, o.message_id::text, o.topic, o.key, o.seq, o.slot, o.type, o.source
 
 std::string AllSlots() {
   std::string s = "{";
-  for (int i = 0; i < 256; ++i) s += (i ? "," : "") + std::to_string(i);
+  for (int i = 0; i < 256; ++i) {
+    if (i > 0) s += ',';
+    s += std::to_string(i);
+  }
   return s + "}";
 }
 
@@ -56,7 +59,8 @@ double ClaimDeleteCeiling(const BenchDatabase& db, long rows, int batch) {
       for (const auto& row : tx.exec_params(kClaimSql, slots, batch)) {
         // Read every column, as the relay does when it builds its messages.
         for (const auto& f : row) (void)f.c_str();
-        ids += (n++ ? "," : "") + std::string(row[0].c_str());
+        if (n++ > 0) ids += ',';
+        ids += row[0].c_str();
       }
       tx.commit();
     }

@@ -130,9 +130,6 @@ double NaiveRelay(const BenchDatabase& db, const std::string& brokers, const std
   long done = 0;
   auto start = Clock::now();
   while (done < rows && SecondsSince(start) < max_seconds) {
-    // The clock starts after the first row: the producer's connection set-up (metadata,
-    // idempotent producer id) is not throughput.
-    if (done == 1) start = Clock::now();
     pqxx::work tx(*conn);
     auto r = tx.exec(
         "SELECT id, message_id::text, topic, key, type, source, payload FROM converge.outbox "
@@ -160,7 +157,9 @@ double NaiveRelay(const BenchDatabase& db, const std::string& brokers, const std
       throw BenchError(std::string("naive relay delivery: ") + rd_kafka_err2str(delivery));
     tx.exec_params0("DELETE FROM converge.outbox WHERE id = $1", row[0].as<int64_t>());
     tx.commit();
-    ++done;
+    // The clock starts after the first row: the producer's connection set-up (metadata,
+    // idempotent producer id) is not throughput.
+    if (++done == 1) start = Clock::now();
   }
   const double secs = SecondsSince(start);
   if (done < 2) throw BenchError("naive relay published fewer than 2 rows");
