@@ -280,6 +280,11 @@ int Invocation::Open() {
   }
   conn_ = std::move(c).value();
   try {
+    // Visible in pg_stat_activity; a repair waiting behind a busy row gives up after 10 s
+    // (lock_timeout, retried as a serialization failure) instead of hanging the operator.
+    pqxx::nontransaction(*conn_).exec(
+        "SELECT set_config('application_name', 'convergectl', false), "
+        "set_config('lock_timeout', '10s', false)");
     pqxx::read_transaction tx(*conn_);
     auto r =
         tx.exec("SELECT to_regclass('converge.schema_migrations') IS NOT NULL, current_database()");
