@@ -45,6 +45,8 @@ SELECT o.id, o.message_id::text, o.topic, o.key, o.seq, o.slot, o.type, o.source
        coalesce(o.expires_at <= now(), false)
   FROM converge.outbox o
  WHERE o.slot = ANY($1::smallint[])
+   AND (cardinality($3::text[]) = 0 OR o.topic ~ ANY($3::text[]))
+   AND NOT (o.topic ~ ANY($4::text[]))
    AND NOT EXISTS (SELECT 1 FROM converge.outbox_blocked_keys b
                     WHERE b.topic = o.topic AND b.key = o.key
                       AND (b.parked OR b.blocked_until > now()))
@@ -71,13 +73,16 @@ Status OutboxStore::Fail(const std::exception& e) {
   return st;
 }
 
-Result<std::vector<OutboxRow>> OutboxStore::Claim(const std::vector<int>& slots, int limit) {
+Result<std::vector<OutboxRow>> OutboxStore::Claim(const std::vector<int>& slots, int limit,
+                                                  const TopicFilter& filter) {
   if (!conn_) return Status::Unavailable("not connected");
   std::vector<OutboxRow> rows;
   if (slots.empty()) return rows;
   try {
     pqxx::read_transaction tx(*conn_);
-    auto r = tx.exec_params(kClaimSql, pg::IntArrayLiteral(slots), limit);
+    auto r =
+        tx.exec_params(kClaimSql, pg::IntArrayLiteral(slots), limit,
+                       pg::TextArrayLiteral(filter.include), pg::TextArrayLiteral(filter.exclude));
     rows.reserve(r.size());
     for (const auto& f : r) {
       OutboxRow row;
@@ -95,12 +100,12 @@ Result<std::vector<OutboxRow>> OutboxStore::Claim(const std::vector<int>& slots,
       if (!f[9].is_null()) ParseHeaders(f[9].c_str(), &m.headers);
       m.datacontenttype = f[10].as<std::string>();
       if (!f[11].is_null()) m.traceparent = f[11].as<std::string>();
-      row.created_at = std::chrono::system_clock::time_point(
-          std::chrono::milliseconds(f[12].as<int64_t>()));
+      row.created_at =
+          std::chrono::system_clock::time_point(std::chrono::milliseconds(f[12].as<int64_t>()));
       m.time = row.created_at;
       if (!f[13].is_null())
-        m.expires_at = std::chrono::system_clock::time_point(
-            std::chrono::milliseconds(f[13].as<int64_t>()));
+        m.expires_at =
+            std::chrono::system_clock::time_point(std::chrono::milliseconds(f[13].as<int64_t>()));
       row.attempts = f[14].as<int>();
       row.was_blocked = row.attempts > 0;
       row.expired = f[15].as<bool>();
@@ -192,8 +197,7 @@ Result<CompleteResult> OutboxStore::Complete(const std::vector<OutboxRow>& rows,
             "VALUES ($1, $2, true, NULL, $3, $4::uuid) "
             "ON CONFLICT (topic, key) DO UPDATE SET parked = true, blocked_until = NULL, "
             "  reason = excluded.reason, message_id = excluded.message_id, since = now()",
-            row.message.topic, row.message.subject, "dead-lettered: " + d.reason,
-            row.message.id);
+            row.message.topic, row.message.subject, "dead-lettered: " + d.reason, row.message.id);
       } else if (row.was_blocked) {
         tx.exec_params(
             "DELETE FROM converge.outbox_blocked_keys WHERE topic = $1 AND key = $2 "

@@ -21,11 +21,11 @@ namespace converge::outbox {
 struct OutboxRow {
   int64_t id = 0;
   int slot = 0;
-  int attempts = 0;       // failed attempts so far
-  bool expired = false;   // expires_at has passed (database clock)
+  int attempts = 0;          // failed attempts so far
+  bool expired = false;      // expires_at has passed (database clock)
   bool was_blocked = false;  // its key had a retry block that this row's success must clear
   std::chrono::system_clock::time_point created_at{};
-  Message message;        // id, topic, subject (key), sequence, type, payload ...
+  Message message;  // id, topic, subject (key), sequence, type, payload ...
 };
 
 struct RetryOutcome {
@@ -47,6 +47,13 @@ struct BatchOutcome {
   std::vector<DeadLetterOutcome> dead;
 };
 
+// Which outbox topics a relay target claims: PostgreSQL regular expressions (from
+// TopicFilterRegex). Empty include: every topic; a topic matching an exclude is never claimed.
+struct TopicFilter {
+  std::vector<std::string> include;
+  std::vector<std::string> exclude;
+};
+
 struct CompleteResult {
   size_t deleted = 0;
   size_t fenced = 0;  // rows skipped because this relay no longer owns their slot
@@ -60,8 +67,9 @@ class OutboxStore {
   bool connected() const { return conn_ != nullptr; }
   void Disconnect() { conn_.reset(); }
 
-  // Rows of `slots`, oldest first, whose key is neither parked nor in a retry block.
-  Result<std::vector<OutboxRow>> Claim(const std::vector<int>& slots, int limit);
+  // Rows of `slots` and `filter`, oldest first, whose key is neither parked nor in a retry block.
+  Result<std::vector<OutboxRow>> Claim(const std::vector<int>& slots, int limit,
+                                       const TopicFilter& filter = {});
 
   // Applies a batch's outcome atomically. Only rows whose slot this relay still owns (lease
   // valid, checked under a share lock on the slot rows) are touched.

@@ -1,11 +1,13 @@
 #include "converge/outbox/relay.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <unistd.h>
-#include <fcntl.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <map>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -42,6 +44,42 @@ std::string ErrorCodeFor(const Status& st) {
 
 }  // namespace
 
+Result<std::string> TopicFilterRegex(const std::string& filter) {
+  if (filter.empty()) return Status::InvalidArgument("relay target topic filter must not be empty");
+  std::string re = "^";
+  size_t start = 0;
+  while (true) {
+    const size_t slash = filter.find('/', start);
+    const std::string level =
+        filter.substr(start, slash == std::string::npos ? std::string::npos : slash - start);
+    if (level == "#") {
+      if (slash != std::string::npos)
+        return Status::InvalidArgument("relay target topic filter \"" + filter +
+                                       "\": '#' must be the last level");
+      // "a/#" also matches "a"; "#" matches everything.
+      if (start == 0) return std::string("^.*$");
+      re.pop_back();  // the '/' before '#'
+      re += "(/.*)?";
+      break;
+    }
+    if (level == "+") {
+      re += "[^/]*";
+    } else {
+      if (level.find_first_of("+#") != std::string::npos)
+        return Status::InvalidArgument("relay target topic filter \"" + filter +
+                                       "\": '+' and '#' must fill a whole level");
+      for (char c : level) {
+        if (std::string_view("\\.^$|?*+()[]{}").find(c) != std::string_view::npos) re += '\\';
+        re += c;
+      }
+    }
+    if (slash == std::string::npos) break;
+    re += '/';
+    start = slash + 1;
+  }
+  return re + "$";
+}
+
 Status RelayOptions::Validate() const {
   if (database_url.empty()) return Status::InvalidArgument("database.url must be set");
   if (batch_size < 1 || batch_size > 100000)
@@ -68,25 +106,44 @@ Status RelayOptions::Validate() const {
   return Status::Ok();
 }
 
+// One broker target: its own claim filter, store (PostgreSQL connection), backoffs and breaker.
+// A target's state is touched only by the thread that runs it.
+struct Target {
+  Target(std::unique_ptr<broker::Publisher> p, const RelayOptions& o, const std::string& id)
+      : publisher(std::move(p)),
+        store(o.database_url, id),
+        retry_backoff(o.retry),
+        breaker_backoff(o.breaker_backoff),
+        reconnect_backoff(BackoffPolicy{std::chrono::milliseconds(100),
+                                        std::chrono::milliseconds(5000), 2.0, 0.5}) {}
+  std::unique_ptr<broker::Publisher> publisher;
+  TopicFilter filter;
+  OutboxStore store;
+  Backoff retry_backoff;
+  Backoff breaker_backoff;
+  Backoff reconnect_backoff;
+  int reconnect_attempt = 0;
+  int breaker_failures = 0;  // consecutive batches with no success
+  int breaker_opens = 0;
+  std::chrono::steady_clock::time_point breaker_until{};
+  double tokens = 0;
+  std::chrono::steady_clock::time_point tokens_at{};
+};
+
 class Relay::Impl {
  public:
-  Impl(RelayOptions options, std::unique_ptr<broker::Publisher> publisher,
-       RelayObserver* observer, Clock* clock)
+  Impl(RelayOptions options, std::vector<RelayTarget> targets, RelayObserver* observer,
+       Clock* clock)
       : options_(std::move(options)),
-        publisher_(std::move(publisher)),
         observer_(observer),
         clock_(clock),
         instance_id_(options_.instance_id.empty() ? DefaultInstanceId() : options_.instance_id),
-        store_(options_.database_url, instance_id_),
         leaser_(options_.database_url, instance_id_,
                 LeaseOptions{options_.lease_ttl, options_.lease_renew_interval,
                              options_.takeover_grace},
-                clock),
-        retry_backoff_(options_.retry),
-        breaker_backoff_(options_.breaker_backoff),
-        reconnect_backoff_(BackoffPolicy{std::chrono::milliseconds(100),
-                                         std::chrono::milliseconds(5000), 2.0, 0.5}) {
+                clock) {
     if (::pipe2(wake_pipe_, O_NONBLOCK | O_CLOEXEC) != 0) wake_pipe_[0] = wake_pipe_[1] = -1;
+    targets_status_ = BuildTargets(std::move(targets));
   }
 
   ~Impl() {
@@ -108,39 +165,81 @@ class Relay::Impl {
   const std::string& instance_id() const { return instance_id_; }
 
  private:
-  Status EnsureConnected();
+  Status BuildTargets(std::vector<RelayTarget> targets);
+  void EnsureListener();
   Status ConnectListener();
-  // Waits for a notification, Stop(), or the timeout.
+  // Waits for a notification, Stop(), or the timeout (the thread that owns the listener).
   void WaitForWork(std::chrono::milliseconds timeout);
-  void Sleep(std::chrono::milliseconds d) { WaitForWork(d); }
+  // A target's wait: WaitForWork with one target; with several, a wake-up from the thread that
+  // owns the listener (or Stop(), or the timeout).
+  void Wait(std::chrono::milliseconds timeout);
+  void Sleep(std::chrono::milliseconds d) { Wait(d); }
+  Result<size_t> RunTarget(Target& t);
+  void LoopTarget(Target& t);
   // Publishes the rows in waves and decides each row's outcome.
-  BatchOutcome PublishRows(const std::vector<OutboxRow>& rows, bool* broker_down);
+  BatchOutcome PublishRows(Target& t, const std::vector<OutboxRow>& rows, bool* broker_down);
   bool LeaseCoversPublish();
-  void Throttle(size_t n);
-  void UpdateGauges();
+  bool Owns(int slot) {
+    std::lock_guard<std::mutex> lock(lease_mu_);
+    return leaser_.Owns(slot);
+  }
+  void Throttle(Target& t, size_t n);
+  void UpdateGauges(Target& t);
 
   RelayOptions options_;
-  std::unique_ptr<broker::Publisher> publisher_;
+  std::vector<std::unique_ptr<Target>> targets_;
+  Status targets_status_;
   RelayObserver* observer_;
   Clock* clock_;
   std::string instance_id_;
-  OutboxStore store_;
+  // The leases are shared by the targets. A slot is given back (rebalancing) only while no
+  // target has a batch in flight, so nothing of a released slot can still be in the broker's
+  // hands; renewals and acquisitions happen whenever due.
+  std::mutex lease_mu_;
   SlotLeaser leaser_;
+  int batches_in_flight_ = 0;  // guarded by lease_mu_
   std::unique_ptr<pqxx::connection> listener_;
-  Backoff retry_backoff_;
-  Backoff breaker_backoff_;
-  Backoff reconnect_backoff_;
-  int reconnect_attempt_ = 0;
-  int breaker_failures_ = 0;  // consecutive batches with no success
-  int breaker_opens_ = 0;
-  std::chrono::steady_clock::time_point breaker_until_{};
+  std::mutex wake_mu_;
+  std::condition_variable wake_cv_;
+  uint64_t wake_gen_ = 0;  // guarded by wake_mu_
   std::chrono::steady_clock::time_point next_gauges_{};
-  double tokens_ = 0;
-  std::chrono::steady_clock::time_point tokens_at_{};
+  std::mutex gauges_mu_;
   Logger log_{"relay"};
   std::atomic<bool> stop_{false};
   int wake_pipe_[2] = {-1, -1};
 };
+
+Status Relay::Impl::BuildTargets(std::vector<RelayTarget> targets) {
+  if (targets.empty()) return Status::InvalidArgument("relay: at least one target is needed");
+  int catch_all = 0;
+  std::vector<std::vector<std::string>> regexes;
+  for (auto& t : targets) {
+    if (!t.publisher) return Status::InvalidArgument("relay: a target has no publisher");
+    if (t.topics.empty()) ++catch_all;
+    std::vector<std::string> res;
+    for (const auto& f : t.topics) {
+      CONVERGE_ASSIGN_OR_RETURN(auto re, TopicFilterRegex(f));
+      res.push_back(std::move(re));
+    }
+    regexes.push_back(std::move(res));
+  }
+  if (catch_all > 1)
+    return Status::InvalidArgument(
+        "relay: at most one target may take all remaining topics (give the others topic "
+        "filters)");
+  for (size_t i = 0; i < targets.size(); ++i) {
+    auto t = std::make_unique<Target>(std::move(targets[i].publisher), options_, instance_id_);
+    t->filter.include = regexes[i];
+    // A topic belongs to the first explicit target that matches it, else to the catch-all.
+    for (size_t j = 0; j < targets.size(); ++j) {
+      if (j == i || regexes[j].empty()) continue;
+      if (regexes[i].empty() || j < i)
+        t->filter.exclude.insert(t->filter.exclude.end(), regexes[j].begin(), regexes[j].end());
+    }
+    targets_.push_back(std::move(t));
+  }
+  return Status::Ok();
+}
 
 Status Relay::Impl::ConnectListener() {
   auto c = pg::Connect(options_.database_url);
@@ -154,16 +253,14 @@ Status Relay::Impl::ConnectListener() {
   return Status::Ok();
 }
 
-Status Relay::Impl::EnsureConnected() {
-  if (!store_.connected()) CONVERGE_RETURN_IF_ERROR(store_.Connect());
+void Relay::Impl::EnsureListener() {
   if (!listener_) {
     // The listener is only a wake-up hint; polling covers for it when it is down.
     Status st = ConnectListener();
     if (!st.ok())
       log_.LogEvery("relay.listen", std::chrono::seconds(30), Level::kWarn,
-               "LISTEN connection failed; polling only", {{"error", st.ToString()}});
+                    "LISTEN connection failed; polling only", {{"error", st.ToString()}});
   }
-  return Status::Ok();
 }
 
 void Relay::Impl::WaitForWork(std::chrono::milliseconds timeout) {
@@ -187,46 +284,54 @@ void Relay::Impl::WaitForWork(std::chrono::milliseconds timeout) {
   }
 }
 
+void Relay::Impl::Wait(std::chrono::milliseconds timeout) {
+  if (targets_.size() == 1) return WaitForWork(timeout);
+  std::unique_lock<std::mutex> lock(wake_mu_);
+  const uint64_t gen = wake_gen_;
+  wake_cv_.wait_for(lock, timeout, [&] { return stop_.load() || wake_gen_ != gen; });
+}
+
 bool Relay::Impl::LeaseCoversPublish() {
   // Rows may be handed to the broker only while the lease outlives the broker's delivery
   // timeout: a message the broker could still write after the lease ends could overtake the
   // next owner's publishes of the same key.
   const auto margin = options_.publish_timeout + std::chrono::milliseconds(500);
+  std::lock_guard<std::mutex> lock(lease_mu_);
   if (clock_->Monotonic() + margin < leaser_.valid_until()) return true;
-  Status st = leaser_.Maintain(/*force=*/true);
+  // Inside a batch: renew, never give a slot back.
+  Status st = leaser_.Maintain(/*force=*/true, /*allow_release=*/false);
   if (!st.ok()) {
     log_.LogEvery("relay.lease", std::chrono::seconds(10), Level::kWarn, "cannot renew slot leases",
-             {{"error", st.ToString()}});
+                  {{"error", st.ToString()}});
     return false;
   }
   return clock_->Monotonic() + margin < leaser_.valid_until();
 }
 
-void Relay::Impl::Throttle(size_t n) {
+void Relay::Impl::Throttle(Target& t, size_t n) {
   if (options_.rate_limit <= 0) return;
   const auto now = clock_->Monotonic();
-  if (tokens_at_ == std::chrono::steady_clock::time_point{}) {
-    tokens_at_ = now;
-    tokens_ = options_.rate_limit;  // one second of burst
+  if (t.tokens_at == std::chrono::steady_clock::time_point{}) {
+    t.tokens_at = now;
+    t.tokens = options_.rate_limit;  // one second of burst
   }
-  tokens_ = std::min(options_.rate_limit,
-                     tokens_ + options_.rate_limit *
-                                   std::chrono::duration<double>(now - tokens_at_).count());
-  tokens_at_ = now;
-  tokens_ -= static_cast<double>(n);
-  if (tokens_ < 0) {
-    // Wait out the debt. WaitForWork returns early on a NOTIFY, so loop to the deadline.
-    const auto deadline =
-        now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                  std::chrono::duration<double>(-tokens_ / options_.rate_limit));
+  t.tokens = std::min(
+      options_.rate_limit,
+      t.tokens + options_.rate_limit * std::chrono::duration<double>(now - t.tokens_at).count());
+  t.tokens_at = now;
+  t.tokens -= static_cast<double>(n);
+  if (t.tokens < 0) {
+    // Wait out the debt. Wait returns early on a NOTIFY, so loop to the deadline.
+    const auto deadline = now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                    std::chrono::duration<double>(-t.tokens / options_.rate_limit));
     while (!stop_.load() && clock_->Monotonic() < deadline)
-      WaitForWork(std::chrono::duration_cast<std::chrono::milliseconds>(
-                      deadline - clock_->Monotonic()) +
-                  std::chrono::milliseconds(1));
+      Wait(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_->Monotonic()) +
+           std::chrono::milliseconds(1));
   }
 }
 
-BatchOutcome Relay::Impl::PublishRows(const std::vector<OutboxRow>& rows, bool* broker_down) {
+BatchOutcome Relay::Impl::PublishRows(Target& t, const std::vector<OutboxRow>& rows,
+                                      bool* broker_down) {
   BatchOutcome out;
   *broker_down = false;
   // Group rows by key, in claim (= sequence) order. Wave k carries the k-th row of every key,
@@ -254,7 +359,7 @@ BatchOutcome Relay::Impl::PublishRows(const std::vector<OutboxRow>& rows, bool* 
     std::vector<size_t> stopped_keys_rows;  // rows whose key stops in this wave
     for (size_t i : wave) {
       const OutboxRow& row = rows[i];
-      if (!leaser_.Owns(row.slot)) {
+      if (!Owns(row.slot)) {
         stopped_keys_rows.push_back(i);
         continue;
       }
@@ -265,11 +370,11 @@ BatchOutcome Relay::Impl::PublishRows(const std::vector<OutboxRow>& rows, bool* 
       to_send.push_back(i);
       messages.push_back(&row.message);
     }
-    Throttle(messages.size());
+    Throttle(t, messages.size());
     std::vector<broker::DeliveryResult> results;
     if (!messages.empty()) {
       Failpoint("relay.before_publish");
-      results = publisher_->PublishBatch(messages, options_.publish_timeout);
+      results = t.publisher->PublishBatch(messages, options_.publish_timeout);
       Failpoint("relay.after_publish");  // the broker answered; the rows are not deleted yet
     }
 
@@ -278,8 +383,9 @@ BatchOutcome Relay::Impl::PublishRows(const std::vector<OutboxRow>& rows, bool* 
     const auto now = clock_->Now();
     for (size_t j = 0; j < to_send.size(); ++j) {
       const size_t i = to_send[j];
-      const Status& st = j < results.size() ? results[j].status
-                                            : Status::Internal("publisher returned too few results");
+      const Status& st = j < results.size()
+                             ? results[j].status
+                             : Status::Internal("publisher returned too few results");
       const OutboxRow& row = rows[i];
       if (st.ok()) {
         ++ok;
@@ -295,12 +401,12 @@ BatchOutcome Relay::Impl::PublishRows(const std::vector<OutboxRow>& rows, bool* 
         ++retriable;
         stats_.failed.fetch_add(1);
         if (options_.max_attempts > 0 && row.attempts + 1 >= options_.max_attempts) {
-          out.dead.push_back({i,
-                              "gave up after " + std::to_string(row.attempts + 1) +
-                                  " attempts: " + st.ToString(),
-                              "gave_up", true});
+          out.dead.push_back(
+              {i,
+               "gave up after " + std::to_string(row.attempts + 1) + " attempts: " + st.ToString(),
+               "gave_up", true});
         } else {
-          out.retry.push_back({i, st.ToString(), retry_backoff_.Delay(row.attempts + 1)});
+          out.retry.push_back({i, st.ToString(), t.retry_backoff.Delay(row.attempts + 1)});
         }
       } else {
         out.dead.push_back({i, st.ToString(), ErrorCodeFor(st), true});
@@ -327,51 +433,75 @@ BatchOutcome Relay::Impl::PublishRows(const std::vector<OutboxRow>& rows, bool* 
   return out;
 }
 
-void Relay::Impl::UpdateGauges() {
-  stats_.owned_slots.store(static_cast<int64_t>(leaser_.owned().size()));
+void Relay::Impl::UpdateGauges(Target& t) {
+  {
+    std::lock_guard<std::mutex> lock(lease_mu_);
+    stats_.owned_slots.store(static_cast<int64_t>(leaser_.owned().size()));
+  }
   const auto now = clock_->Monotonic();
-  if (now < next_gauges_) return;
-  next_gauges_ = now + std::chrono::seconds(2);
+  {
+    std::lock_guard<std::mutex> lock(gauges_mu_);
+    if (now < next_gauges_) return;
+    next_gauges_ = now + std::chrono::seconds(2);
+  }
   int64_t age = 0, parked = 0;
-  if (store_.ReadGauges(&age, &parked).ok()) {
+  if (t.store.ReadGauges(&age, &parked).ok()) {
     stats_.oldest_age_ms.store(age);
     stats_.parked_keys.store(parked);
   }
 }
 
-Result<size_t> Relay::Impl::RunOnce() {
-  if (observer_) observer_->OnCycle();
-  CONVERGE_RETURN_IF_ERROR(EnsureConnected());
-  CONVERGE_RETURN_IF_ERROR(leaser_.Maintain());
-  stats_.ready.store(leaser_.owned().empty() ? 0 : 1);
-  UpdateGauges();
+Result<size_t> Relay::Impl::RunTarget(Target& t) {
+  if (!t.store.connected()) CONVERGE_RETURN_IF_ERROR(t.store.Connect());
+  std::vector<int> slots;
+  {
+    std::lock_guard<std::mutex> lock(lease_mu_);
+    CONVERGE_RETURN_IF_ERROR(leaser_.Maintain(/*force=*/false,
+                                              /*allow_release=*/batches_in_flight_ == 0));
+    slots = leaser_.owned();
+  }
+  stats_.ready.store(slots.empty() ? 0 : 1);
+  UpdateGauges(t);
   const auto now = clock_->Monotonic();
-  if (now < breaker_until_) return static_cast<size_t>(0);
-  if (breaker_until_ != std::chrono::steady_clock::time_point{}) {
+  if (now < t.breaker_until) return static_cast<size_t>(0);
+  if (t.breaker_until != std::chrono::steady_clock::time_point{}) {
     // Half-open: ask the broker before claiming anything.
-    Status st = publisher_->CheckConnected(std::chrono::milliseconds(2000));
+    Status st = t.publisher->CheckConnected(std::chrono::milliseconds(2000));
     if (!st.ok()) {
-      breaker_until_ = clock_->Monotonic() + breaker_backoff_.Delay(++breaker_opens_);
-      log_.LogEvery("relay.breaker", std::chrono::seconds(30), Level::kWarn,
-               "broker still unreachable; circuit breaker stays open",
-               {{"broker", publisher_->Name()}, {"error", st.ToString()}});
+      t.breaker_until = clock_->Monotonic() + t.breaker_backoff.Delay(++t.breaker_opens);
+      log_.LogEvery("relay.breaker." + t.publisher->Name(), std::chrono::seconds(30), Level::kWarn,
+                    "broker still unreachable; circuit breaker stays open",
+                    {{"broker", t.publisher->Name()}, {"error", st.ToString()}});
       return static_cast<size_t>(0);
     }
     log_.Log(Level::kInfo, "broker reachable again; circuit breaker closed",
-        {{"broker", publisher_->Name()}});
-    breaker_until_ = {};
-    breaker_opens_ = 0;
-    breaker_failures_ = 0;
-    stats_.breaker_open.store(0);
+             {{"broker", t.publisher->Name()}});
+    t.breaker_until = {};
+    t.breaker_opens = 0;
+    t.breaker_failures = 0;
+    stats_.breaker_open.fetch_sub(1);
   }
-  CONVERGE_ASSIGN_OR_RETURN(auto rows, store_.Claim(leaser_.owned(), options_.batch_size));
+  // From the claim to the completion this target has a batch in flight: no slot is given back
+  // meanwhile (see lease_mu_).
+  {
+    std::lock_guard<std::mutex> lock(lease_mu_);
+    ++batches_in_flight_;
+  }
+  struct InFlight {
+    Impl* impl;
+    ~InFlight() {
+      std::lock_guard<std::mutex> lock(impl->lease_mu_);
+      --impl->batches_in_flight_;
+    }
+  } in_flight{this};
+  CONVERGE_ASSIGN_OR_RETURN(auto rows, t.store.Claim(slots, options_.batch_size, t.filter));
   if (rows.empty()) return static_cast<size_t>(0);
   stats_.batches.fetch_add(1);
   if (observer_) observer_->OnBatch(rows.size());
 
   bool broker_down = false;
-  BatchOutcome outcome = PublishRows(rows, &broker_down);
-  auto done = store_.Complete(rows, outcome);
+  BatchOutcome outcome = PublishRows(t, rows, &broker_down);
+  auto done = t.store.Complete(rows, outcome);
   Failpoint("relay.after_complete");
   if (!done.ok()) {
     // The broker has the rows but the deletes did not commit: they will be published again
@@ -383,59 +513,144 @@ Result<size_t> Relay::Impl::RunOnce() {
   stats_.dead_lettered.fetch_add(outcome.dead.size());
   for (const auto& d : outcome.dead)
     log_.Log(Level::kWarn, "dead-lettered a message",
-        {{"message_id", rows[d.row].message.id}, {"topic", rows[d.row].message.topic},
-         {"key", rows[d.row].message.subject}, {"reason", d.reason},
-         {"key_parked", d.park_key}});
+             {{"message_id", rows[d.row].message.id},
+              {"topic", rows[d.row].message.topic},
+              {"key", rows[d.row].message.subject},
+              {"broker", t.publisher->Name()},
+              {"reason", d.reason},
+              {"key_parked", d.park_key}});
   if (broker_down) {
-    if (++breaker_failures_ >= options_.breaker_failures) {
-      breaker_until_ = clock_->Monotonic() + breaker_backoff_.Delay(++breaker_opens_);
-      stats_.breaker_open.store(1);
+    if (++t.breaker_failures >= options_.breaker_failures &&
+        t.breaker_until == std::chrono::steady_clock::time_point{}) {
+      t.breaker_until = clock_->Monotonic() + t.breaker_backoff.Delay(++t.breaker_opens);
+      stats_.breaker_open.fetch_add(1);
       log_.Log(Level::kError, "broker unreachable; circuit breaker open",
-          {{"broker", publisher_->Name()}, {"failed_batches", breaker_failures_}});
+               {{"broker", t.publisher->Name()}, {"failed_batches", t.breaker_failures}});
     }
   } else if (!outcome.published.empty()) {
-    breaker_failures_ = 0;
+    t.breaker_failures = 0;
   }
   return rows.size();
 }
 
-Status Relay::Impl::Run() {
-  CONVERGE_RETURN_IF_ERROR(options_.Validate());
-  log_.Log(Level::kInfo, "relay starting",
-      {{"instance", instance_id_}, {"broker", publisher_->Name()},
-       {"batch_size", options_.batch_size}, {"strict_key_order", options_.strict_key_order}});
+Result<size_t> Relay::Impl::RunOnce() {
+  CONVERGE_RETURN_IF_ERROR(targets_status_);
+  if (observer_) observer_->OnCycle();
+  EnsureListener();
+  size_t total = 0;
+  for (auto& t : targets_) {
+    CONVERGE_ASSIGN_OR_RETURN(size_t n, RunTarget(*t));
+    total += n;
+  }
+  return total;
+}
+
+void Relay::Impl::LoopTarget(Target& t) {
   while (!stop_.load()) {
-    auto r = RunOnce();
+    auto r = RunTarget(t);
     if (!r.ok()) {
       stats_.ready.store(0);
-      const auto delay = reconnect_backoff_.Delay(++reconnect_attempt_);
-      log_.LogEvery("relay.loop", std::chrono::seconds(10), Level::kWarn, "relay cycle failed",
-               {{"error", r.status().ToString()}, {"retry_in_ms", delay.count()}});
+      const auto delay = t.reconnect_backoff.Delay(++t.reconnect_attempt);
+      log_.LogEvery("relay.loop." + t.publisher->Name(), std::chrono::seconds(10), Level::kWarn,
+                    "relay cycle failed",
+                    {{"broker", t.publisher->Name()},
+                     {"error", r.status().ToString()},
+                     {"retry_in_ms", delay.count()}});
       Sleep(delay);
       continue;
     }
-    reconnect_attempt_ = 0;
+    t.reconnect_attempt = 0;
     if (*r == static_cast<size_t>(options_.batch_size)) continue;  // more is waiting
-    if (clock_->Monotonic() < breaker_until_) {
-      Sleep(std::chrono::duration_cast<std::chrono::milliseconds>(breaker_until_ -
+    if (clock_->Monotonic() < t.breaker_until) {
+      Sleep(std::chrono::duration_cast<std::chrono::milliseconds>(t.breaker_until -
                                                                   clock_->Monotonic()));
       continue;
     }
     if (*r > 0) continue;  // look again at once: the batch may have unblocked later rows
-    WaitForWork(options_.poll_interval);
+    Wait(options_.poll_interval);
+  }
+}
+
+Status Relay::Impl::Run() {
+  CONVERGE_RETURN_IF_ERROR(options_.Validate());
+  CONVERGE_RETURN_IF_ERROR(targets_status_);
+  std::string names;
+  for (const auto& t : targets_) names += (names.empty() ? "" : ",") + t->publisher->Name();
+  log_.Log(Level::kInfo, "relay starting",
+           {{"instance", instance_id_},
+            {"broker", names},
+            {"batch_size", options_.batch_size},
+            {"strict_key_order", options_.strict_key_order}});
+  if (targets_.size() == 1) {
+    // One target: it runs here and owns the LISTEN connection itself.
+    Target& t = *targets_[0];
+    while (!stop_.load()) {
+      if (observer_) observer_->OnCycle();
+      EnsureListener();
+      auto r = RunTarget(t);
+      if (!r.ok()) {
+        stats_.ready.store(0);
+        const auto delay = t.reconnect_backoff.Delay(++t.reconnect_attempt);
+        log_.LogEvery("relay.loop", std::chrono::seconds(10), Level::kWarn, "relay cycle failed",
+                      {{"error", r.status().ToString()}, {"retry_in_ms", delay.count()}});
+        Sleep(delay);
+        continue;
+      }
+      t.reconnect_attempt = 0;
+      if (*r == static_cast<size_t>(options_.batch_size)) continue;  // more is waiting
+      if (clock_->Monotonic() < t.breaker_until) {
+        Sleep(std::chrono::duration_cast<std::chrono::milliseconds>(t.breaker_until -
+                                                                    clock_->Monotonic()));
+        continue;
+      }
+      if (*r > 0) continue;  // look again at once: the batch may have unblocked later rows
+      WaitForWork(options_.poll_interval);
+    }
+  } else {
+    // Bulkheads: one thread per target; this thread owns the LISTEN connection and wakes them.
+    std::vector<std::thread> threads;
+    for (auto& t : targets_) threads.emplace_back([this, &t] { LoopTarget(*t); });
+    while (!stop_.load()) {
+      if (observer_) observer_->OnCycle();
+      EnsureListener();
+      WaitForWork(std::min(options_.poll_interval, std::chrono::milliseconds(1000)));
+      {
+        std::lock_guard<std::mutex> lock(wake_mu_);
+        ++wake_gen_;
+      }
+      wake_cv_.notify_all();
+    }
+    {
+      std::lock_guard<std::mutex> lock(wake_mu_);
+      ++wake_gen_;
+    }
+    wake_cv_.notify_all();
+    for (auto& th : threads) th.join();
   }
   log_.Log(Level::kInfo, "relay stopping: releasing slot leases", {{"instance", instance_id_}});
-  publisher_->Close(std::chrono::milliseconds(5000));
+  for (auto& t : targets_) t->publisher->Close(std::chrono::milliseconds(5000));
   Status st = leaser_.ReleaseAll();
   if (!st.ok())
     log_.Log(Level::kWarn, "could not release leases; they expire by themselves",
-        {{"error", st.ToString()}});
+             {{"error", st.ToString()}});
   return Status::Ok();
 }
 
+namespace {
+std::vector<RelayTarget> OneTarget(std::unique_ptr<broker::Publisher> publisher) {
+  std::vector<RelayTarget> v;
+  v.push_back(RelayTarget{std::move(publisher), {}});
+  return v;
+}
+}  // namespace
+
 Relay::Relay(RelayOptions options, std::unique_ptr<broker::Publisher> publisher,
              RelayObserver* observer, Clock* clock)
-    : impl_(std::make_unique<Impl>(std::move(options), std::move(publisher), observer, clock)) {}
+    : impl_(std::make_unique<Impl>(std::move(options), OneTarget(std::move(publisher)), observer,
+                                   clock)) {}
+Relay::Relay(RelayOptions options, std::vector<RelayTarget> targets, RelayObserver* observer,
+             Clock* clock)
+    : impl_(std::make_unique<Impl>(std::move(options), std::move(targets), observer, clock)) {}
 Relay::~Relay() = default;
 Status Relay::Run() { return impl_->Run(); }
 void Relay::Stop() { impl_->Stop(); }

@@ -12,9 +12,10 @@ namespace {
 constexpr int kSlots = 256;
 }
 
-SlotLeaser::SlotLeaser(std::string url, std::string instance_id, LeaseOptions options,
-                       Clock* clock)
-    : url_(std::move(url)), instance_id_(std::move(instance_id)), options_(options),
+SlotLeaser::SlotLeaser(std::string url, std::string instance_id, LeaseOptions options, Clock* clock)
+    : url_(std::move(url)),
+      instance_id_(std::move(instance_id)),
+      options_(options),
       clock_(clock) {}
 
 bool SlotLeaser::Owns(int slot) const {
@@ -28,7 +29,7 @@ Status SlotLeaser::Fail(const std::exception& e) {
   return st.WithContext("slot lease");
 }
 
-Status SlotLeaser::Maintain(bool force) {
+Status SlotLeaser::Maintain(bool force, bool allow_release) {
   const auto start = clock_->Monotonic();
   if (!force && start < next_renewal_) return Status::Ok();
   if (!conn_) {
@@ -66,7 +67,7 @@ Status SlotLeaser::Maintain(bool force) {
       owned.push_back(f[0].as<int>());
     std::sort(owned.begin(), owned.end());
 
-    if (static_cast<int>(owned.size()) > target) {
+    if (static_cast<int>(owned.size()) > target && allow_release) {
       // Give back the surplus (highest slots) so newly started relays get work.
       std::vector<int> surplus(owned.begin() + target, owned.end());
       owned.resize(target);

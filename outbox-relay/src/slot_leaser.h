@@ -33,7 +33,9 @@ class SlotLeaser {
 
   // Renews, rebalances and acquires when a renewal is due (or `force`). On error the owned set
   // is kept but valid_until() is not extended, so the relay stops publishing once it passes.
-  Status Maintain(bool force = false);
+  // With `allow_release` false surplus slots are renewed instead of given back (a batch of one
+  // of the relay's targets is in flight and may hold rows of them).
+  Status Maintain(bool force = false, bool allow_release = true);
 
   // Gives every slot back and deregisters (graceful shutdown).
   Status ReleaseAll();

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "converge/broker/kafka.h"
+#include "converge/broker/mqtt.h"
 #include "converge/common/config.h"
 #include "converge/common/http_server.h"
 #include "converge/common/log.h"
@@ -21,27 +22,64 @@ using std::chrono::milliseconds;
 // Every configuration key of converge-relay, declared once (name, default, help, env var).
 struct Keys {
   explicit Keys(ConfigSchema& s)
-      : db_url(s.String("database.url", "",
-                        "PostgreSQL URL of the database with the converge schema")
-                   .Env("CONVERGE_PG_URL").Secret().Required()),
-        target(s.Enum("relay.target", "kafka", {"kafka"}, "Broker the outbox is published to")),
+      : db_url(
+            s.String("database.url", "", "PostgreSQL URL of the database with the converge schema")
+                .Env("CONVERGE_PG_URL")
+                .Secret()
+                .Required()),
+        target(s.Enum("relay.target", "kafka", {"kafka", "mqtt", "both"},
+                      "Broker(s) the outbox is published to; both: mqtt.topics to MQTT, the rest "
+                      "to Kafka, each target with its own thread, breaker and backoff")),
         bootstrap((s.PassThrough("kafka.",
                                  "Any librdkafka producer property (TLS: kafka.security.protocol, "
                                  "kafka.ssl.ca.location ...; SASL: kafka.sasl.mechanisms, "
                                  "kafka.sasl.username, kafka.sasl.password ...), verbatim"),
-                   s.String("kafka.bootstrap.servers", "", "Kafka bootstrap servers (host:port,...)")
-                       .Env("CONVERGE_KAFKA_BROKERS").Required())),
+                   s.String("kafka.bootstrap.servers", "",
+                            "Kafka bootstrap servers (host:port,...); required for relay.target "
+                            "kafka and both")
+                       .Env("CONVERGE_KAFKA_BROKERS"))),
         message_timeout_ms(
             s.Int("kafka.message.timeout.ms", 10000,
                   "librdkafka delivery timeout; a row not confirmed within it is retried")
                 .Range(1000, 3600000)),
-        instance_id(s.String("relay.instance_id", "",
-                             "Name of this relay in converge.relay_instances (default host:pid:id)")),
+        mqtt_url(s.String("mqtt.url", "",
+                          "MQTT broker (tcp://host:port or ssl://host:port); required for "
+                          "relay.target mqtt and both")),
+        mqtt_client_id(
+            s.String("mqtt.client_id", "", "MQTT client id (default converge-relay-<random>)")),
+        mqtt_username(s.String("mqtt.username", "", "MQTT user name")),
+        mqtt_password(s.String("mqtt.password", "", "MQTT password").Secret()),
+        mqtt_ca_file(
+            s.String("mqtt.tls.ca_file", "", "PEM CA file that signed the broker's certificate")),
+        mqtt_cert_file(s.String("mqtt.tls.cert_file", "", "PEM client certificate (mutual TLS)")),
+        mqtt_key_file(s.String("mqtt.tls.key_file", "", "PEM client private key")),
+        mqtt_key_password(
+            s.String("mqtt.tls.key_password", "", "Password of the client key").Secret()),
+        mqtt_verify(s.Bool("mqtt.tls.verify_hostname", true,
+                           "Check the broker's host name against its certificate")),
+        mqtt_qos(s.Int("mqtt.qos", 1, "QoS of the PUBLISHes (1 or 2)").Range(1, 2)),
+        mqtt_topics(
+            s.String("mqtt.topics", "",
+                     "relay.target=both: outbox topic filters routed to MQTT, comma-"
+                     "separated, MQTT syntax ('devices/#', 'cmd/+'); the rest goes to Kafka")),
+        mqtt_template(s.String("mqtt.topic_template", "{topic}",
+                               "MQTT topic of a row: {topic} = outbox topic, {key} = key")),
+        mqtt_keep_alive(s.Duration("mqtt.keep_alive", milliseconds(30000), "MQTT keepalive")),
+        mqtt_connect_timeout(s.Duration("mqtt.connect_timeout", milliseconds(5000),
+                                        "Longest wait for the MQTT CONNACK")),
+        mqtt_max_inflight(s.Int("mqtt.max_inflight", 16,
+                                "PUBLISHes awaiting their PUBACK at once (below the broker's "
+                                "receive maximum)")
+                              .Range(1, 65535)),
+        instance_id(
+            s.String("relay.instance_id", "",
+                     "Name of this relay in converge.relay_instances (default host:pid:id)")),
         batch_size(s.Int("relay.batch_size", 1000, "Rows claimed per batch").Range(1, 100000)),
         poll_interval(s.Duration("relay.poll_interval", milliseconds(500),
                                  "Poll period when no NOTIFY arrives")),
-        publish_timeout(s.Duration("relay.publish_timeout", milliseconds(15000),
-                                   "Longest wait for the broker per batch (> kafka.message.timeout.ms)")),
+        publish_timeout(
+            s.Duration("relay.publish_timeout", milliseconds(15000),
+                       "Longest wait for the broker per batch (> kafka.message.timeout.ms)")),
         lease_ttl(s.Duration("relay.lease_ttl", milliseconds(40000),
                              "Slot lease length; a dead relay's slots move after it")),
         lease_renew(s.Duration("relay.lease_renew_interval", milliseconds(5000),
@@ -64,16 +102,23 @@ struct Keys {
         breaker_max(s.Duration("relay.breaker.max", milliseconds(30000), "Longest probe delay")),
         rate_limit(s.Int("relay.rate_limit", 0, "Publish rate limit in messages/s (0 = none)")
                        .Range(0, 100000000)),
-        metrics_host(s.String("metrics.host", "127.0.0.1",
-                              "Interface for /metrics, /healthz, /readyz")),
+        metrics_host(
+            s.String("metrics.host", "127.0.0.1", "Interface for /metrics, /healthz, /readyz")),
         metrics_port(s.Int("metrics.port", 9464, "Port for /metrics (0 = ephemeral, -1 = off)")
                          .Range(-1, 65535)),
-        log_level(s.Enum("log.level", "info", {"debug", "info", "warn", "error"},
-                         "Minimum log level")),
+        log_level(
+            s.Enum("log.level", "info", {"debug", "info", "warn", "error"}, "Minimum log level")),
         log_format(s.Enum("log.format", "logfmt", {"logfmt", "json"}, "Log line format")) {}
 
   ConfigKey<std::string> db_url, target, bootstrap;
   ConfigKey<int64_t> message_timeout_ms;
+  ConfigKey<std::string> mqtt_url, mqtt_client_id, mqtt_username, mqtt_password, mqtt_ca_file,
+      mqtt_cert_file, mqtt_key_file, mqtt_key_password;
+  ConfigKey<bool> mqtt_verify;
+  ConfigKey<int64_t> mqtt_qos;
+  ConfigKey<std::string> mqtt_topics, mqtt_template;
+  ConfigKey<milliseconds> mqtt_keep_alive, mqtt_connect_timeout;
+  ConfigKey<int64_t> mqtt_max_inflight;
   ConfigKey<std::string> instance_id;
   ConfigKey<int64_t> batch_size;
   ConfigKey<milliseconds> poll_interval, publish_timeout, lease_ttl, lease_renew, takeover_grace;
@@ -104,8 +149,9 @@ class MetricsObserver final : public outbox::RelayObserver {
 Status RegisterMetrics(metrics::Registry& reg, const outbox::Relay& relay) {
   const outbox::RelayStats& st = relay.stats();
   auto counter = [&](const char* name, const char* help, const std::atomic<uint64_t>& v) {
-    return reg.AddCallback(name, help, metrics::MetricType::kCounter, {},
-                           [&v] { return std::vector<metrics::Sample>{{{}, double(v.load())}}; });
+    return reg.AddCallback(name, help, metrics::MetricType::kCounter, {}, [&v] {
+      return std::vector<metrics::Sample>{{{}, double(v.load())}};
+    });
   };
   auto gauge = [&](const char* name, const char* help, const std::atomic<int64_t>& v,
                    double scale = 1.0) {
@@ -115,7 +161,8 @@ Status RegisterMetrics(metrics::Registry& reg, const outbox::Relay& relay) {
                                    "Rows confirmed by the broker and removed from the outbox",
                                    st.published));
   CONVERGE_RETURN_IF_ERROR(counter("converge_relay_failed_total",
-                                   "Publish attempts that failed with a retriable error", st.failed));
+                                   "Publish attempts that failed with a retriable error",
+                                   st.failed));
   CONVERGE_RETURN_IF_ERROR(counter("converge_relay_retried_total",
                                    "Rows published after at least one failed attempt", st.retried));
   CONVERGE_RETURN_IF_ERROR(counter("converge_relay_dead_lettered_total",
@@ -123,8 +170,8 @@ Status RegisterMetrics(metrics::Registry& reg, const outbox::Relay& relay) {
   CONVERGE_RETURN_IF_ERROR(counter("converge_relay_fenced_total",
                                    "Rows not removed because the slot lease was lost", st.fenced));
   CONVERGE_RETURN_IF_ERROR(counter("converge_relay_batches_total", "Batches claimed", st.batches));
-  CONVERGE_RETURN_IF_ERROR(gauge("converge_relay_owned_slots", "Hash slots leased by this relay",
-                                 st.owned_slots));
+  CONVERGE_RETURN_IF_ERROR(
+      gauge("converge_relay_owned_slots", "Hash slots leased by this relay", st.owned_slots));
   CONVERGE_RETURN_IF_ERROR(gauge("converge_outbox_parked_keys",
                                  "Keys parked after a dead-lettered row", st.parked_keys));
   CONVERGE_RETURN_IF_ERROR(gauge("converge_outbox_oldest_unpublished_seconds",
@@ -137,7 +184,8 @@ Status RegisterMetrics(metrics::Registry& reg, const outbox::Relay& relay) {
 
 int Main(int argc, char** argv) {
   ConfigSchema schema("converge-relay",
-                      "Publishes committed outbox rows to Kafka, in key order, at least once.");
+                      "Publishes committed outbox rows to Kafka and/or MQTT, in key order, at "
+                      "least once.");
   const Keys k(schema);
   auto inputs = ConfigInputs::FromMain(argc, argv);
   for (const auto& a : inputs.args) {
@@ -181,23 +229,75 @@ int Main(int argc, char** argv) {
   ro.rate_limit = static_cast<double>(cfg.Get(k.rate_limit));
   ro.max_attempts = static_cast<int>(cfg.Get(k.max_attempts));
 
+  const std::string target = cfg.Get(k.target);
+  const bool use_kafka = target != "mqtt", use_mqtt = target != "kafka";
+  auto invalid = [](const std::string& why) {
+    std::cerr << "converge-relay: invalid configuration: " << why << "\n";
+    return 2;
+  };
+
   broker::KafkaOptions ko;
   ko.bootstrap_servers = cfg.Get(k.bootstrap);
   ko.message_timeout = milliseconds(cfg.Get(k.message_timeout_ms));
   ko.properties = cfg.PassThrough("kafka.");
   ko.properties.erase("bootstrap.servers");
   ko.properties.erase("message.timeout.ms");
+  if (use_kafka && ko.bootstrap_servers.empty())
+    return invalid("kafka.bootstrap.servers must be set for relay.target=" + target);
+  if (!use_kafka) ro.broker_delivery_timeout = ro.publish_timeout / 2;
+
+  broker::MqttOptions mo;
+  mo.url = cfg.Get(k.mqtt_url);
+  mo.client_id = cfg.Get(k.mqtt_client_id);
+  mo.username = cfg.Get(k.mqtt_username);
+  mo.password = cfg.Get(k.mqtt_password);
+  mo.tls.ca_file = cfg.Get(k.mqtt_ca_file);
+  mo.tls.cert_file = cfg.Get(k.mqtt_cert_file);
+  mo.tls.key_file = cfg.Get(k.mqtt_key_file);
+  mo.tls.key_password = cfg.Get(k.mqtt_key_password);
+  mo.tls.verify_hostname = cfg.Get(k.mqtt_verify);
+  mo.qos = static_cast<int>(cfg.Get(k.mqtt_qos));
+  mo.topic_template = cfg.Get(k.mqtt_template);
+  mo.keep_alive = std::chrono::ceil<std::chrono::seconds>(cfg.Get(k.mqtt_keep_alive));
+  mo.connect_timeout = std::chrono::ceil<std::chrono::seconds>(cfg.Get(k.mqtt_connect_timeout));
+  mo.max_inflight = static_cast<int>(cfg.Get(k.mqtt_max_inflight));
+  std::vector<std::string> mqtt_topics;
+  {
+    const std::string list = cfg.Get(k.mqtt_topics);
+    size_t start = 0;
+    while (start <= list.size()) {
+      size_t comma = list.find(',', start);
+      if (comma == std::string::npos) comma = list.size();
+      std::string f = list.substr(start, comma - start);
+      f.erase(0, f.find_first_not_of(' '));
+      f.erase(f.find_last_not_of(' ') + 1);
+      if (!f.empty()) mqtt_topics.push_back(f);
+      start = comma + 1;
+    }
+  }
+  if (target == "both" && mqtt_topics.empty())
+    return invalid("mqtt.topics must name the outbox topics for MQTT when relay.target=both");
+  if (target != "both" && !mqtt_topics.empty())
+    return invalid("mqtt.topics is only used with relay.target=both");
+  for (const auto& f : mqtt_topics)
+    if (auto re = outbox::TopicFilterRegex(f); !re.ok())
+      return invalid("mqtt.topics: " + re.status().message());
 
   Status valid = ro.Validate();
-  if (valid.ok()) valid = ko.Validate();
-  if (!valid.ok()) {
-    std::cerr << "converge-relay: invalid configuration: " << valid.message() << "\n";
-    return 2;
+  if (valid.ok() && use_kafka) valid = ko.Validate();
+  if (valid.ok() && use_mqtt) valid = mo.Validate();
+  if (!valid.ok()) return invalid(valid.message());
+  std::vector<outbox::RelayTarget> targets;
+  if (use_mqtt) {
+    // MQTT first: its filters decide; Kafka (if any) takes every other topic.
+    auto mp = broker::MakeMqttPublisher(mo);
+    if (!mp.ok()) return invalid(mp.status().message());
+    targets.push_back({std::move(mp).value(), mqtt_topics});
   }
-  auto publisher = broker::MakeKafkaPublisher(ko);
-  if (!publisher.ok()) {
-    std::cerr << "converge-relay: invalid configuration: " << publisher.status().message() << "\n";
-    return 2;
+  if (use_kafka) {
+    auto publisher = broker::MakeKafkaPublisher(ko);
+    if (!publisher.ok()) return invalid(publisher.status().message());
+    targets.push_back({std::move(publisher).value(), {}});
   }
   if (cfg.check_config_requested()) {
     std::cout << cfg.DumpEffective() << "configuration OK\n";
@@ -219,13 +319,13 @@ int Main(int argc, char** argv) {
   metrics::Registry registry;
   auto* batch_hist = *registry.AddHistogram("converge_relay_batch_size", "Rows per claimed batch",
                                             metrics::ExponentialBuckets(1, 4, 8));
-  auto* latency_hist = *registry.AddHistogram(
-      "converge_relay_commit_to_confirm_seconds",
-      "Time from the outbox insert to the broker's confirmation",
-      metrics::ExponentialBuckets(0.001, 2, 16));
+  auto* latency_hist =
+      *registry.AddHistogram("converge_relay_commit_to_confirm_seconds",
+                             "Time from the outbox insert to the broker's confirmation",
+                             metrics::ExponentialBuckets(0.001, 2, 16));
   Heartbeat heartbeat(SystemClock::Instance(), std::chrono::seconds(60) + ro.publish_timeout);
   MetricsObserver observer(batch_hist, latency_hist, &heartbeat);
-  outbox::Relay relay(ro, std::move(publisher).value(), &observer);
+  outbox::Relay relay(ro, std::move(targets), &observer);
   if (Status st = RegisterMetrics(registry, relay); !st.ok()) {
     std::cerr << "converge-relay: " << st << "\n";
     return 1;

@@ -71,10 +71,12 @@ MqttTestClient::MqttTestClient(std::string url, std::string client_id, std::stri
 
 MqttTestClient::~MqttTestClient() { Disconnect(); }
 
-std::string MqttTestClient::Connect(std::chrono::milliseconds timeout) {
+std::string MqttTestClient::Connect(std::chrono::milliseconds timeout, bool persistent_session) {
   mqtt::connect_options opts;
   opts.set_mqtt_version(MQTTVERSION_5);
-  opts.set_clean_start(true);
+  opts.set_clean_start(!persistent_session);
+  if (persistent_session)
+    opts.set_properties(mqtt::properties{{mqtt::property::SESSION_EXPIRY_INTERVAL, 3600}});
   opts.set_keep_alive_interval(std::chrono::seconds(30));
   opts.set_automatic_reconnect(std::chrono::seconds(1), std::chrono::seconds(2));
   if (!impl_->username.empty()) opts.set_user_name(impl_->username);

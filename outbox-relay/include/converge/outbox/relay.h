@@ -13,6 +13,10 @@
 //  * Several relays share an outbox through leased hash slots (converge.relay_slots); a relay
 //    acts on a slot only while its lease is valid, and hands rows to the broker only while the
 //    lease outlives the broker's delivery timeout.
+//  * Targets are bulkheads: one relay can publish to several brokers (Kafka and MQTT), each
+//    target with its own topic filter, claim query, PostgreSQL connection, publishing thread,
+//    retry backoff and circuit breaker, so a target that is down or hung never delays another.
+//    Every outbox topic maps to exactly one target, so per-key order is per target.
 //
 // Thread safety: Run() blocks on the calling thread; Stop() may be called from any thread (and
 // from a signal-handling thread) and makes Run() return after the current batch is finished.
@@ -24,6 +28,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "converge/broker/publisher.h"
 #include "converge/common/backoff.h"
@@ -61,7 +66,7 @@ struct RelayOptions {
   int breaker_failures = 3;
   BackoffPolicy breaker_backoff{std::chrono::milliseconds(1000), std::chrono::milliseconds(30000),
                                 2.0, 0.5};
-  // Publish rate limit in messages per second; 0 = unlimited.
+  // Publish rate limit in messages per second, per target; 0 = unlimited.
   double rate_limit = 0;
   // Retriable failures before a row is dead-lettered; 0 = retry forever (the default: a broker
   // outage must not empty the outbox into the dead-letter table).
@@ -73,17 +78,17 @@ struct RelayOptions {
 
 // Counters a relay keeps; exported as Prometheus metrics by the executable.
 struct RelayStats {
-  std::atomic<uint64_t> published{0};        // rows confirmed and deleted
-  std::atomic<uint64_t> failed{0};           // publish attempts that failed (retriable)
-  std::atomic<uint64_t> retried{0};          // rows published again after a failure
-  std::atomic<uint64_t> dead_lettered{0};    // rows moved to converge.dead_letters
-  std::atomic<uint64_t> batches{0};          // batches claimed
-  std::atomic<uint64_t> fenced{0};           // rows not deleted because the lease was lost
+  std::atomic<uint64_t> published{0};      // rows confirmed and deleted
+  std::atomic<uint64_t> failed{0};         // publish attempts that failed (retriable)
+  std::atomic<uint64_t> retried{0};        // rows published again after a failure
+  std::atomic<uint64_t> dead_lettered{0};  // rows moved to converge.dead_letters
+  std::atomic<uint64_t> batches{0};        // batches claimed
+  std::atomic<uint64_t> fenced{0};         // rows not deleted because the lease was lost
   std::atomic<int64_t> owned_slots{0};
   std::atomic<int64_t> parked_keys{0};
-  std::atomic<int64_t> oldest_age_ms{0};     // age of the oldest unpublished row
-  std::atomic<int64_t> breaker_open{0};      // 1 while the circuit breaker is open
-  std::atomic<int64_t> ready{0};             // 1 once connected and holding leases
+  std::atomic<int64_t> oldest_age_ms{0};  // age of the oldest unpublished row
+  std::atomic<int64_t> breaker_open{0};   // targets whose circuit breaker is open
+  std::atomic<int64_t> ready{0};          // 1 once connected and holding leases
 };
 
 // Observes individual publishes (for the latency histogram and the batch-size histogram).
@@ -97,11 +102,30 @@ class RelayObserver {
   virtual void OnCycle() {}
 };
 
+// One broker a relay publishes to, and the outbox topics it takes.
+struct RelayTarget {
+  std::unique_ptr<broker::Publisher> publisher;
+  // Outbox topic filters in MQTT syntax over the outbox topic name ('+' one level between '/',
+  // '#' as the last level: that level and everything below, e.g. "devices/#"). A topic belongs
+  // to the first target (in constructor order) with a matching filter; a target with no filters
+  // takes every topic no other target's filters match. At most one target may have none.
+  std::vector<std::string> topics;
+};
+
+// The PostgreSQL regular expression (anchored) for an outbox topic filter; kInvalidArgument
+// names a misplaced wildcard.
+Result<std::string> TopicFilterRegex(const std::string& filter);
+
 class Relay {
  public:
   // `publisher` is owned by the relay. `observer` may be null and must outlive the relay.
   Relay(RelayOptions options, std::unique_ptr<broker::Publisher> publisher,
         RelayObserver* observer = nullptr, Clock* clock = &SystemClock::Instance());
+  // Several targets (bulkheads). Run() gives each its own thread; RunOnce() runs one cycle of
+  // each target in turn on the calling thread. An invalid target list makes Run()/RunOnce()
+  // return kInvalidArgument.
+  Relay(RelayOptions options, std::vector<RelayTarget> targets, RelayObserver* observer = nullptr,
+        Clock* clock = &SystemClock::Instance());
   ~Relay();
   Relay(const Relay&) = delete;
   Relay& operator=(const Relay&) = delete;

@@ -29,8 +29,10 @@ class MqttTestClient {
                  std::string password = "");
   ~MqttTestClient();
 
-  // Connects (clean start, MQTT 5). "" on success, else the error.
-  std::string Connect(std::chrono::milliseconds timeout = std::chrono::seconds(5));
+  // Connects (MQTT 5; clean start, or a persistent session of one hour). "" on success, else
+  // the error.
+  std::string Connect(std::chrono::milliseconds timeout = std::chrono::seconds(5),
+                      bool persistent_session = false);
   // Subscribes now and after every reconnect. "" on success, else the error.
   std::string Subscribe(const std::string& filter, int qos = 1);
   // Publishes and waits for the PUBACK: "" on success, else the error (rc, reason).
