@@ -553,6 +553,10 @@ BEGIN
   IF f.state NOT IN ('running', 'needs_attention', 'compensating') THEN
     RAISE EXCEPTION 'converge: flow % is already %', f.flow_id, f.state USING ERRCODE = '55000';
   END IF;
+  IF p_outcome = 'completed' AND f.compensation_started_at IS NOT NULL THEN
+    RAISE EXCEPTION 'converge: flow % started compensating at %; it can only be resolved as compensated',
+      f.flow_id, f.compensation_started_at USING ERRCODE = '55000';
+  END IF;
   UPDATE converge.flows
      SET state = p_outcome, finished_at = now(), deadline_at = NULL,
          compensation_started_at = CASE WHEN p_outcome = 'compensated'
