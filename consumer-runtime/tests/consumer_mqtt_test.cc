@@ -1,0 +1,205 @@
+// The consumer runtime over MQTT (MqttSource) against a private mosquitto with auth and ACL:
+// commit before PUBACK (a consumer killed between its commit and its ack gets the message again
+// and skips it as a duplicate), duplicates with new packet ids, and one effect per message id.
+//
+// The consumer that is killed runs as a child process: this test binary started again with
+// CONVERGE_MQTT_CONSUMER_CHILD=1 (see main() at the end), with the failpoint
+// consumer.after_commit=kill. Devices publish with mosquitto_pub (another process): a held
+// PUBACK parks Paho's process-wide receive thread (broker-adapters/README.md "MQTT").
+#include <signal.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <thread>
+
+#include "converge/broker/mqtt.h"
+#include "converge/common/uuid.h"
+#include "converge/consumer/consumer.h"
+#include "converge/testing/mosquitto.h"
+#include "converge/testing/pg_fixture.h"
+#include "converge/testing/process.h"
+
+namespace converge::consumer {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+constexpr const char* kFilter = "dev/+/evt";
+
+std::unique_ptr<Consumer> MakeConsumer(const std::string& db_url, const std::string& mqtt_url,
+                                       const std::string& client_id) {
+  broker::MqttOptions o;
+  o.url = mqtt_url;
+  o.client_id = client_id;
+  o.username = "consumer";
+  o.password = "consumer-pw";
+  o.reconnect_min = seconds(1);
+  o.reconnect_max = seconds(1);
+  auto src = broker::MakeMqttSource(o);
+  if (!src.ok()) return nullptr;
+  ConsumerOptions co;
+  co.group = "devices";
+  co.topics = {kFilter};
+  co.database_url = db_url;
+  co.poll_timeout = milliseconds(100);
+  auto c = std::make_unique<Consumer>(co, std::move(src).value());
+  c->SetDecoder(broker::DecodeMqttRecord);
+  c->Handle("device.reading", [](const Message& m, Context& ctx) {
+    ctx.tx().exec_params("INSERT INTO effects (message_id, topic) VALUES ($1, $2)", m.id, m.topic);
+    return Status::Ok();
+  });
+  return c;
+}
+
+// Child mode: consume until killed (the failpoint) or 30 s.
+int RunChild() {
+  auto c = MakeConsumer(std::getenv("CONVERGE_PG_URL"), std::getenv("CHILD_MQTT_URL"),
+                        std::getenv("CHILD_MQTT_CLIENT"));
+  if (!c || !c->Start().ok()) return 3;
+  std::this_thread::sleep_for(seconds(30));
+  c->Stop();
+  return 0;
+}
+
+bool PublishReading(const testing::MosquittoBroker& b, const std::string& device,
+                    const std::string& id) {
+  return b.Publish("device", "device-pw", "dev/" + device + "/evt", "{\"t\":21}",
+                   {{"specversion", "1.0"},
+                    {"id", id},
+                    {"source", "/devices/" + device},
+                    {"type", "device.reading"}},
+                   "application/json");
+}
+
+template <class F>
+bool WaitUntil(F f, milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (f()) return true;
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  return f();
+}
+
+TEST(ConsumerMqtt, KilledBetweenCommitAndPubackThenRedeliveredAndSkippedAsDuplicate) {
+  testing::TestDatabase db;
+  ASSERT_TRUE(db.ok());
+  db.Scalar("CREATE TABLE effects (message_id text NOT NULL, topic text NOT NULL)");
+  testing::MosquittoConfig cfg;
+  cfg.users = {{"consumer", "consumer-pw"}, {"device", "device-pw"}};
+  cfg.acl = "user consumer\ntopic read dev/#\nuser device\ntopic write dev/#\n";
+  testing::MosquittoBroker broker(cfg);
+  ASSERT_TRUE(broker.Start()) << broker.error();
+  const std::string client = "consumer-" + NewUuidV7().ToString().substr(24);
+
+  // 1. A consumer that dies right after committing message A, before Ack (PUBACK held).
+  //    It runs once first without the message so that its session and subscription exist.
+  char self[4096] = {0};
+  ASSERT_GT(::readlink("/proc/self/exe", self, sizeof self - 1), 0);
+  const std::map<std::string, std::string> env = {
+      {"CONVERGE_MQTT_CONSUMER_CHILD", "1"},
+      {"CONVERGE_PG_URL", db.url()},
+      {"CHILD_MQTT_URL", broker.url()},
+      {"CHILD_MQTT_CLIENT", client},
+      {"CONVERGE_FAILPOINTS", "consumer.after_commit=kill"}};
+  testing::ChildProcess child;
+  ASSERT_TRUE(child.Start(self, {}, env, ::testing::TempDir() + "consumer-mqtt-child.log"));
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        return broker.ReadLog().find("Received SUBSCRIBE from " + client) != std::string::npos;
+      },
+      seconds(10)));
+  const std::string a = NewUuidV7().ToString();
+  ASSERT_TRUE(PublishReading(broker, "d1", a));
+  EXPECT_EQ(child.Wait(milliseconds(15000)), 128 + SIGKILL) << "the failpoint did not fire";
+  EXPECT_EQ(db.Count("SELECT count(*) FROM effects"), 1) << "committed before the kill";
+  EXPECT_EQ(broker.ReadLog().find("Received PUBACK from " + client), std::string::npos)
+      << "the PUBACK must not leave before the commit, and the kill came before the Ack";
+
+  // 2. The restarted consumer gets A again (persistent session) and skips it: one effect.
+  auto c = MakeConsumer(db.url(), broker.url(), client);
+  ASSERT_NE(c, nullptr);
+  ASSERT_TRUE(c->Start().ok());
+  ASSERT_TRUE(WaitUntil([&] { return c->stats().duplicates_skipped >= 1; }, seconds(10)))
+      << "A was not redelivered after the kill";
+  EXPECT_EQ(db.Count("SELECT count(*) FROM effects"), 1);
+  EXPECT_TRUE(WaitUntil(
+      [&] { return broker.ReadLog().find("Received PUBACK from " + client) != std::string::npos; },
+      seconds(5)))
+      << "the duplicate is acknowledged once skipped";
+
+  // 3. The same id published again (new packet id, DUP=0) is a duplicate too; B is new.
+  ASSERT_TRUE(PublishReading(broker, "d1", a));
+  const std::string b = NewUuidV7().ToString();
+  ASSERT_TRUE(PublishReading(broker, "d2", b));
+  ASSERT_TRUE(
+      WaitUntil([&] { return db.Count("SELECT count(*) FROM effects") >= 2; }, seconds(10)));
+  ASSERT_TRUE(WaitUntil([&] { return c->stats().duplicates_skipped >= 2; }, seconds(10)));
+  c->Stop();
+  EXPECT_EQ(db.Count("SELECT count(*) FROM effects"), 2);
+  EXPECT_EQ(db.Count("SELECT count(DISTINCT message_id) FROM effects"), 2);
+  EXPECT_EQ(db.Scalar("SELECT topic FROM effects WHERE message_id = '" + b + "'"), "dev/d2/evt");
+  EXPECT_EQ(c->stats().applied, 1u);  // B (A was applied by the killed consumer)
+}
+
+TEST(ConsumerMqtt, StopWithAHeldUncommittedMessageDoesNotAckIt) {
+  testing::TestDatabase db;
+  ASSERT_TRUE(db.ok());
+  db.Scalar("CREATE TABLE effects (message_id text NOT NULL, topic text NOT NULL)");
+  testing::MosquittoConfig cfg;
+  cfg.users = {{"consumer", "consumer-pw"}, {"device", "device-pw"}};
+  cfg.acl = "user consumer\ntopic read dev/#\nuser device\ntopic write dev/#\n";
+  testing::MosquittoBroker broker(cfg);
+  ASSERT_TRUE(broker.Start()) << broker.error();
+  const std::string client = "consumer-" + NewUuidV7().ToString().substr(24);
+  {
+    // A source whose records are never committed: poll, then close without Ack.
+    broker::MqttOptions o;
+    o.url = broker.url();
+    o.client_id = client;
+    o.username = "consumer";
+    o.password = "consumer-pw";
+    auto src = broker::MakeMqttSource(o);
+    ASSERT_TRUE(src.ok());
+    class L : public broker::AssignmentListener {
+      std::map<broker::TopicPartition, int64_t> OnAssigned(
+          const std::vector<broker::TopicPartition>&) override {
+        return {};
+      }
+      void OnRevoked(const std::vector<broker::TopicPartition>&) override {}
+    } l;
+    ASSERT_TRUE((*src)->Subscribe({kFilter}, &l).ok());
+    (void)(*src)->Poll(1, milliseconds(300));
+    ASSERT_TRUE(PublishReading(broker, "d1", NewUuidV7().ToString()));
+    std::vector<broker::ReceivedRecord> recs;
+    ASSERT_TRUE(WaitUntil(
+        [&] {
+          auto r = (*src)->Poll(1, milliseconds(100));
+          if (r.ok() && !r->empty()) recs = *r;
+          return !recs.empty();
+        },
+        seconds(5)));
+    (*src)->Close();
+  }
+  // The runtime then gets it and applies it once.
+  auto c = MakeConsumer(db.url(), broker.url(), client);
+  ASSERT_NE(c, nullptr);
+  ASSERT_TRUE(c->Start().ok());
+  EXPECT_TRUE(WaitUntil([&] { return db.Count("SELECT count(*) FROM effects") == 1; }, seconds(10)))
+      << "the message closed without Ack was lost";
+  c->Stop();
+  EXPECT_EQ(c->stats().applied, 1u);
+}
+
+}  // namespace
+}  // namespace converge::consumer
+
+int main(int argc, char** argv) {
+  if (std::getenv("CONVERGE_MQTT_CONSUMER_CHILD") != nullptr) return converge::consumer::RunChild();
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
