@@ -156,25 +156,38 @@ Result<StuckSnapshot> Reconciler::RefreshSnapshot() {
                             "SELECT count(*) FROM converge.flows WHERE state IN "
                             "('running', 'compensating') AND deadline_at <= now()")[0][0]
                           .as<int64_t>();
-    // Device tables arrive with the MQTT device migration; measure them only once they exist.
+    // Device tables arrive with the MQTT device migration (0004); measure them only once they
+    // exist, in a savepoint so that a different table shape cannot hide the other numbers.
     auto dev = tx.exec(
         "SELECT to_regclass('converge.device_commands') IS NOT NULL, "
         "to_regclass('converge.device_twins') IS NOT NULL");
-    if (dev[0][0].as<bool>()) {
-      s.unacked_device_commands =
-          tx.exec("SELECT count(*) FROM converge.device_commands WHERE acked_at IS NULL")[0][0]
-              .as<int64_t>();
-    }
-    if (dev[0][1].as<bool>()) {
-      s.unconverged_device_twins = tx.exec(
-                                         "SELECT count(*) FROM converge.device_twins "
-                                         "WHERE reported IS DISTINCT FROM desired")[0][0]
-                                       .as<int64_t>();
+    const bool commands = dev[0][0].as<bool>(), twins = dev[0][1].as<bool>();
+    if (commands || twins) {
+      try {
+        pqxx::subtransaction sub(tx, "devices");
+        if (commands) {
+          s.unacked_device_commands =
+              sub.exec(
+                     "SELECT count(*) FROM converge.device_commands "
+                     "WHERE status IN ('pending', 'sent', 'received')")[0][0]
+                  .as<int64_t>();
+        }
+        if (twins) {
+          s.unconverged_device_twins =
+              sub.exec(
+                     "SELECT count(*) FROM converge.device_twins "
+                     "WHERE applied_desired_version < desired_version")[0][0]
+                  .as<int64_t>();
+        }
+        sub.commit();
+      } catch (const pqxx::sql_error& e) {
+        s.unacked_device_commands = s.unconverged_device_twins = -1;
+        Log(Level::kWarn, "device tables not measured", {{"error", pg::StatusFromException(e)}});
+      }
     }
     return Status::Ok();
   });
   if (!st.ok()) {
-    // A device table with other columns than expected must not hide the rest: retry without.
     if (st.code() == StatusCode::kUnavailable) {
       impl_->conn.reset();
       stats_.ready.store(0);

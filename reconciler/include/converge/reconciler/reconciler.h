@@ -69,7 +69,8 @@ struct StuckSnapshot {
   int64_t open_dead_letters = 0;
   std::map<std::string, int64_t> flows_by_state;  // every state, 0 included
   int64_t flows_overdue = 0;                      // running/compensating past their deadline now
-  // Device tables (present only once the MQTT device migration exists; -1 when absent).
+  // Device tables (present once the MQTT device migration 0004 is applied; -1 when absent):
+  // commands pending/sent/received, twins whose applied desired version lags the desired one.
   int64_t unacked_device_commands = -1;
   int64_t unconverged_device_twins = -1;
 };
