@@ -119,8 +119,8 @@ class RelayRobustness : public ::testing::Test {
     }
     for (const auto& [key, last] : committed)
       if (next[key] < last) h.lost += static_cast<size_t>(last - next[key]);
-    std::printf("committed=%zu lost=%zu order_violations=%zu duplicates=%zu\n", h.committed,
-                h.lost, h.order_violations, h.duplicates);
+    std::printf("committed=%zu lost=%zu order_violations=%zu duplicates=%zu\n", h.committed, h.lost,
+                h.order_violations, h.duplicates);
     return h;
   }
 
@@ -145,9 +145,9 @@ TEST_F(RelayRobustness, KillNineInALoopLosesNothingAndKeepsKeyOrder) {
   }
   writer.join();
   // The killed relays' leases expire; a fresh relay takes the slots over and drains.
-  ChildProcess last = StartRelay("r-final", {"--relay.lease_ttl=6s", "--relay.lease_renew_interval=1s",
-                                             "--relay.publish_timeout=2500ms",
-                                             "--kafka.message.timeout.ms=1500"});
+  ChildProcess last =
+      StartRelay("r-final", {"--relay.lease_ttl=6s", "--relay.lease_renew_interval=1s",
+                             "--relay.publish_timeout=2500ms", "--kafka.message.timeout.ms=1500"});
   ASSERT_TRUE(WaitDrained(milliseconds(120000))) << "outbox not drained after heal";
   last.Signal(SIGTERM);
   EXPECT_EQ(last.Wait(milliseconds(20000)), 0) << "SIGTERM must drain and exit 0";
@@ -163,10 +163,9 @@ TEST_F(RelayRobustness, KillNineInALoopLosesNothingAndKeepsKeyOrder) {
 }
 
 TEST_F(RelayRobustness, PausedRelayLosesItsSlotsWithoutBreakingKeyOrder) {
-  const std::vector<std::string> fast = {"--relay.lease_ttl=6s", "--relay.lease_renew_interval=1s",
-                                         "--relay.publish_timeout=2500ms",
-                                         "--kafka.message.timeout.ms=1500",
-                                         "--relay.takeover_grace=500ms"};
+  const std::vector<std::string> fast = {
+      "--relay.lease_ttl=6s", "--relay.lease_renew_interval=1s", "--relay.publish_timeout=2500ms",
+      "--kafka.message.timeout.ms=1500", "--relay.takeover_grace=500ms"};
   ChildProcess a = StartRelay("a", fast);
   std::this_thread::sleep_for(milliseconds(1500));
   ChildProcess b = StartRelay("b", fast);
@@ -178,8 +177,9 @@ TEST_F(RelayRobustness, PausedRelayLosesItsSlotsWithoutBreakingKeyOrder) {
   bool b_took_over = false;
   for (int i = 0; i < 100 && !b_took_over; ++i) {
     std::this_thread::sleep_for(milliseconds(200));
-    b_took_over = db_.Count("SELECT count(*) FROM converge.relay_slots WHERE owner = 'b' AND "
-                            "lease_until > now()") == 256;
+    b_took_over = db_.Count(
+                      "SELECT count(*) FROM converge.relay_slots WHERE owner = 'b' AND "
+                      "lease_until > now()") == 256;
   }
   EXPECT_TRUE(b_took_over) << "the live relay must take the paused relay's slots";
   ASSERT_TRUE(a.Signal(SIGCONT));
