@@ -44,6 +44,10 @@ TEST(ConvergectlUnitTest, UsageErrorsExitTwoAndNameTheProblem) {
   EXPECT_EQ(RunCapture({"keys", "park", "t", "k", "--reason", "  "}, &out, &err), kExitUsage);
   EXPECT_EQ(RunCapture({"dlq", "list", "--dry-run"}, &out, &err), kExitUsage)
       << "--dry-run belongs to repairs only";
+  EXPECT_EQ(RunCapture({"dlq", "list", "--output", "yaml"}, &out, &err), kExitUsage);
+  EXPECT_NE(err.find("--output must be table or json"), std::string::npos) << err;
+  EXPECT_EQ(RunCapture({"dlq", "list", "--colour"}, &out, &err), kExitUsage);
+  EXPECT_NE(err.find("unknown option --colour"), std::string::npos) << err;
   EXPECT_EQ(RunCapture({"dlq", "replay", "--help"}, &out, &err), kExitOk);
   EXPECT_NE(out.find("--dry-run"), std::string::npos) << out;
 }

@@ -39,42 +39,83 @@ Result<std::vector<int64_t>> ParseIds(const std::vector<std::string>& args) {
 
 // ---- dlq list ----------------------------------------------------------------------------
 
-int List(Invocation& inv) {
-  auto origin = inv.Get("origin");
-  if (origin && *origin != "relay" && *origin != "consumer")
-    return inv.UsageError("--origin must be relay or consumer, got \"" + *origin + "\"");
-  const std::string status = inv.Get("status").value_or("open");
-  if (status != "open" && status != "replayed" && status != "discarded" && status != "all")
-    return inv.UsageError("--status must be open, replayed, discarded or all, got \"" + status +
-                          "\"");
-  auto older = inv.GetDurationSeconds("older-than");
-  if (!older.ok()) return inv.UsageError(older.status().message());
-  auto limit = inv.GetInt("limit", 1, 100000);
-  if (!limit.ok()) return inv.UsageError(limit.status().message());
-  std::optional<std::string> older_s;
-  if (*older) older_s = std::to_string(**older);
+// The dead-letter filters shared by list and the bulk form of replay/discard (--all).
+struct Filter {
+  std::optional<std::string> origin, group, topic, key, type, error, older_than_s;
+  std::string status = "open";
+  int64_t limit = 100;
+};
 
+// The WHERE clause over converge.dead_letters for Filter's parameters $1..$8.
+constexpr const char* kFilterWhere =
+    " WHERE ($1::text IS NULL OR origin = $1) AND ($2::text IS NULL OR topic = $2) "
+    "   AND ($3::text IS NULL OR key = $3) AND ($4::text IS NULL OR type = $4) "
+    "   AND ($5::text IS NULL OR error_code = $5) "
+    "   AND ($6::text IS NULL OR failed_at < now() - make_interval(secs => $6::double "
+    "precision)) "
+    "   AND ($7::text = 'all' OR status = $7) "
+    "   AND ($8::text IS NULL OR consumer_group = $8) ";
+
+const std::vector<OptionSpec> kFilterOptions = {
+    {"origin", "relay|consumer", "only dead letters of the relay or of consumers"},
+    {"group", "GROUP", "only this consumer group"},
+    {"topic", "TOPIC", "only this topic"},
+    {"key", "KEY", "only this ordering key"},
+    {"type", "TYPE", "only this CloudEvents type"},
+    {"error", "CODE", "only this error_code (too_large, handler_failed ...)"},
+    {"older-than", "DURATION", "failed longer ago than this (90s, 15m, 2h, 7d)"},
+    {"limit", "N", "at most N dead letters (default 100)"}};
+
+// Reads the filter options; InvalidArgument names the bad one.
+Result<Filter> ParseFilter(const Invocation& inv, bool with_status) {
+  Filter f;
+  f.origin = inv.Get("origin");
+  if (f.origin && *f.origin != "relay" && *f.origin != "consumer")
+    return Status::InvalidArgument("--origin must be relay or consumer, got \"" + *f.origin + "\"");
+  if (with_status) {
+    f.status = inv.Get("status").value_or("open");
+    if (f.status != "open" && f.status != "replayed" && f.status != "discarded" &&
+        f.status != "all")
+      return Status::InvalidArgument("--status must be open, replayed, discarded or all, got \"" +
+                                     f.status + "\"");
+  }
+  auto older = inv.GetDurationSeconds("older-than");
+  if (!older.ok()) return older.status();
+  if (*older) f.older_than_s = std::to_string(**older);
+  auto limit = inv.GetInt("limit", 1, 100000);
+  if (!limit.ok()) return limit.status();
+  f.limit = limit->value_or(100);
+  f.group = inv.Get("group");
+  f.topic = inv.Get("topic");
+  f.key = inv.Get("key");
+  f.type = inv.Get("type");
+  f.error = inv.Get("error");
+  return f;
+}
+
+pqxx::result QueryFilter(pqxx::transaction_base& tx, const std::string& select_list,
+                         const Filter& f, const std::string& suffix = "") {
+  return tx.exec_params("SELECT " + select_list + " FROM converge.dead_letters" + kFilterWhere +
+                            " ORDER BY id LIMIT $9" + suffix,
+                        OrNull(f.origin), OrNull(f.topic), OrNull(f.key), OrNull(f.type),
+                        OrNull(f.error), OrNull(f.older_than_s), f.status, OrNull(f.group),
+                        f.limit);
+}
+
+int List(Invocation& inv) {
+  auto filter = ParseFilter(inv, /*with_status=*/true);
+  if (!filter.ok()) return inv.UsageError(filter.status().message());
+  const std::string& status = filter->status;
   pqxx::read_transaction tx(inv.db());
-  const pqxx::result r = tx.exec_params(
-      "SELECT id, origin, consumer_group, message_id::text, topic, key, seq, type, error_code, "
-      "       reason, attempts, " +
+  const pqxx::result r = QueryFilter(
+      tx,
+      "id, origin, consumer_group, message_id::text, topic, key, seq, type, error_code, "
+      "reason, attempts, " +
           SqlTime("failed_at") +
           ", greatest(0, extract(epoch FROM now() - failed_at))::bigint, status, "
-          "       coalesce(octet_length(payload), 0), outbox_id, partition, \"offset\", " +
-          SqlTime("resolved_at") +
-          ", resolved_by, count(*) OVER () "
-          "  FROM converge.dead_letters "
-          " WHERE ($1::text IS NULL OR origin = $1) AND ($2::text IS NULL OR topic = $2) "
-          "   AND ($3::text IS NULL OR key = $3) AND ($4::text IS NULL OR type = $4) "
-          "   AND ($5::text IS NULL OR error_code = $5) "
-          "   AND ($6::text IS NULL OR failed_at < now() - make_interval(secs => $6::double "
-          "precision)) "
-          "   AND ($7::text = 'all' OR status = $7) "
-          "   AND ($8::text IS NULL OR consumer_group = $8) "
-          " ORDER BY id LIMIT $9",
-      OrNull(origin), OrNull(inv.Get("topic")), OrNull(inv.Get("key")), OrNull(inv.Get("type")),
-      OrNull(inv.Get("error")), OrNull(older_s), status, OrNull(inv.Get("group")),
-      limit->value_or(100));
+          "coalesce(octet_length(payload), 0), outbox_id, partition, \"offset\", " +
+          SqlTime("resolved_at") + ", resolved_by, count(*) OVER ()",
+      *filter);
   const int64_t total = r.empty() ? 0 : r[0][20].as<int64_t>();
   if (inv.json()) {
     JsonWriter j;
@@ -426,12 +467,30 @@ std::string OutcomeJson(const Outcome& o) {
 enum class Verb { kReplay, kDiscard };
 
 int Resolve(Invocation& inv, Verb verb) {
+  const bool all = inv.Has("all");
+  if (all == !inv.args().empty())
+    return inv.UsageError(all ? "give dead-letter ids or --all with filters, not both"
+                              : "missing argument: dead-letter ids, or --all with filters");
   auto ids = ParseIds(inv.args());
   if (!ids.ok()) return inv.UsageError(ids.status().message());
+  auto filter = ParseFilter(inv, /*with_status=*/false);
+  if (!filter.ok()) return inv.UsageError(filter.status().message());
+  if (!all)
+    for (const auto& o : kFilterOptions)
+      if (inv.Has(o.name)) return inv.UsageError("--" + o.name + " selects with --all only");
   const bool replay = verb == Verb::kReplay;
   std::vector<Outcome> outcomes;
+  int64_t matching = 0;
   Status st = inv.Repair([&](pqxx::work& tx) -> Status {
     outcomes.clear();
+    if (all) {
+      // The open dead letters matching the filters, oldest first, locked for this repair.
+      ids->clear();
+      for (const auto& row : QueryFilter(tx, "id, count(*) OVER ()", *filter)) {
+        ids->push_back(row[0].as<int64_t>());
+        matching = row[1].as<int64_t>();
+      }
+    }
     for (int64_t id : *ids) {
       auto d = LockDeadLetter(tx, id, replay ? "replay" : "discard");
       if (!d.ok()) return d.status();
@@ -471,15 +530,19 @@ int Resolve(Invocation& inv, Verb verb) {
                 << ": nothing was changed (all ids are handled in one transaction)\n";
     return inv.Fail(st);
   }
+  const int64_t left = all ? matching - static_cast<int64_t>(outcomes.size()) : 0;
   if (inv.json()) {
     JsonWriter j;
     j.BeginObject().Key("dry_run").Bool(inv.dry_run());
     j.Key(replay ? "replayed" : "discarded").BeginArray();
     for (const auto& o : outcomes) j.Raw(OutcomeJson(o));
-    j.EndArray().EndObject();
+    j.EndArray();
+    if (all) j.Key("more_matching").Int(left);
+    j.EndObject();
     inv.out() << j.str() << "\n";
     return kExitOk;
   }
+  if (all && outcomes.empty()) inv.out() << "no open dead letters match\n";
   const char* done = inv.dry_run() ? (replay ? "would replay" : "would discard")
                                    : (replay ? "replayed" : "discarded");
   for (const auto& o : outcomes) {
@@ -502,23 +565,34 @@ int Resolve(Invocation& inv, Verb verb) {
     inv.out() << line << "\n";
     for (const auto& n : o.notes) inv.out() << "  note: " << n << "\n";
   }
+  if (left > 0)
+    inv.out() << left << " more open dead letter(s) match: raise --limit or run again\n";
   if (inv.dry_run()) inv.out() << "dry run: nothing was changed\n";
   return kExitOk;
 }
 
-const Registration kList(
-    {.path = "dlq list",
-     .summary = "list dead letters (open ones by default)",
-     .options = {{"origin", "relay|consumer", "only dead letters of the relay or of consumers"},
-                 {"group", "GROUP", "only this consumer group"},
-                 {"topic", "TOPIC", "only this topic"},
-                 {"key", "KEY", "only this ordering key"},
-                 {"type", "TYPE", "only this CloudEvents type"},
-                 {"error", "CODE", "only this error_code (too_large, handler_failed ...)"},
-                 {"older-than", "DURATION", "failed longer ago than this (90s, 15m, 2h, 7d)"},
-                 {"status", "STATUS", "open (default), replayed, discarded or all"},
-                 {"limit", "N", "at most N rows (default 100)"}},
-     .run = List});
+std::vector<OptionSpec> ListOptions() {
+  std::vector<OptionSpec> o = kFilterOptions;
+  o.push_back({"status", "STATUS", "open (default), replayed, discarded or all"});
+  return o;
+}
+
+// Replay/discard: ids, or --all with the list filters (open dead letters only).
+std::vector<OptionSpec> RepairOptions(bool replay) {
+  std::vector<OptionSpec> o = {
+      {"all", "", "act on every open dead letter matching the filters (instead of ids)"}};
+  o.insert(o.end(), kFilterOptions.begin(), kFilterOptions.end());
+  if (replay)
+    o.push_back({"force", "",
+                 "consumer origin: replay even though the key is produced from another "
+                 "database"});
+  return o;
+}
+
+const Registration kList({.path = "dlq list",
+                          .summary = "list dead letters (open ones by default)",
+                          .options = ListOptions(),
+                          .run = List});
 
 const Registration kShow({.path = "dlq show",
                           .args = "ID",
@@ -529,22 +603,21 @@ const Registration kShow({.path = "dlq show",
 
 const Registration kReplay(
     {.path = "dlq replay",
-     .args = "ID...",
+     .args = "ID... | --all FILTERS",
      .summary = "publish dead letters again (relay: in their key's place; consumer: to the group)",
-     .options = {{"force", "",
-                  "consumer origin: replay even though the key is produced from another "
-                  "database"}},
+     .options = RepairOptions(/*replay=*/true),
      .repair = true,
-     .min_args = 1,
+     .min_args = 0,
      .max_args = -1,
      .run = [](Invocation& inv) { return Resolve(inv, Verb::kReplay); }});
 
 const Registration kDiscard(
     {.path = "dlq discard",
-     .args = "ID...",
+     .args = "ID... | --all FILTERS",
      .summary = "give dead letters up (a relay key they parked is unparked)",
+     .options = RepairOptions(/*replay=*/false),
      .repair = true,
-     .min_args = 1,
+     .min_args = 0,
      .max_args = -1,
      .run = [](Invocation& inv) { return Resolve(inv, Verb::kDiscard); }});
 
