@@ -206,6 +206,14 @@ TEST(ConvergectlTest, ExitCodesForUsageUnreachableDatabaseMissingSchemaAndUnknow
   r = Ctl(bare, {"migrate", "--dry-run"});
   EXPECT_EQ(r.rc, 0) << r.err;
   EXPECT_NE(r.out.find("would apply 0001_core"), std::string::npos) << r.out;
+  // A schema older than the command needs (here: the bookkeeping table, no migration yet).
+  bare.Scalar("CREATE SCHEMA converge; CREATE TABLE converge.schema_migrations (version int)");
+  r = Ctl(bare, {"keys", "list"});
+  EXPECT_EQ(r.rc, 5);
+  EXPECT_NE(r.err.find("has converge schema version 0, this command needs 1: run convergectl "
+                       "migrate"),
+            std::string::npos)
+      << r.err;
   EXPECT_EQ(Ctl({"version"}).rc, 0);
 }
 
