@@ -671,14 +671,17 @@ TEST(ConvergectlTest, StatusShowsConsumerLagFromKafkaHighWatermarks) {
       std::to_string(partition) +
       ", 2), "
       "('g', 'lagged', " +
-      std::to_string(1 - partition) + ", 0)");
+      std::to_string(1 - partition) + ", 0), ('g', 'lagged', 7, 0)");
   CtlRun r = Ctl(db, {"status", "--kafka", (*cluster)->bootstrap_servers(), "--output", "json"});
   ASSERT_EQ(r.rc, 0) << r.err;
   auto parts = Json(r)->getObject("consumers")->getArray("partitions");
-  ASSERT_EQ(parts->size(), 2u) << r.out;
+  ASSERT_EQ(parts->size(), 3u) << r.out;
   for (size_t i = 0; i < parts->size(); ++i) {
     auto p = parts->getObject(i);
-    if (p->getValue<int>("partition") == partition) {
+    if (p->getValue<int>("partition") == 7) {  // the topic has 2 partitions
+      EXPECT_TRUE(p->isNull("lag")) << r.out;
+      EXPECT_FALSE(p->getValue<std::string>("kafka_error").empty()) << r.out;
+    } else if (p->getValue<int>("partition") == partition) {
       EXPECT_EQ(p->getValue<int>("high_watermark"), 6) << r.out;
       EXPECT_EQ(p->getValue<int>("lag"), 4) << r.out;
     } else {

@@ -90,6 +90,12 @@ int Status_(Invocation& inv) {
     if (it == marks->high.end()) return std::nullopt;
     return it->second;
   };
+  // The broker's answer for a partition it could not report (e.g. unknown topic), or "".
+  auto mark_error = [&](const pqxx::row& c) -> std::string {
+    if (!marks) return "";
+    auto it = marks->errors.find({c[1].c_str(), c[2].as<int>()});
+    return it == marks->errors.end() ? "" : it->second;
+  };
 
   int64_t backlog = 0, oldest = 0;
   for (const auto& o : outbox) {
@@ -155,6 +161,7 @@ int Status_(Invocation& inv) {
         j.Int(std::max<int64_t>(0, *h - I(c[3])));
       else
         j.Null();
+      if (const std::string e = mark_error(c); !e.empty()) j.Key("kafka_error").String(e);
       j.EndObject();
     }
     j.EndArray().EndObject();
@@ -224,8 +231,10 @@ int Status_(Invocation& inv) {
       auto h = high(c);
       t.AddRow({"  " + std::string(c[0].c_str()), c[1].c_str(), c[2].c_str(), c[3].c_str(),
                 h ? std::to_string(*h) : "-",
-                h ? std::to_string(std::max<int64_t>(0, *h - I(c[3]))) : "-", Cell(c[4]),
-                FormatAge(I(c[5])) + " ago"});
+                h                       ? std::to_string(std::max<int64_t>(0, *h - I(c[3])))
+                : mark_error(c).empty() ? "-"
+                                        : "? (" + mark_error(c) + ")",
+                Cell(c[4]), FormatAge(I(c[5])) + " ago"});
     }
     t.Print(os);
   }
