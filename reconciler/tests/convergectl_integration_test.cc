@@ -692,7 +692,7 @@ TEST(ConvergectlTest, StatusShowsConsumerLagFromKafkaHighWatermarks) {
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_NE(r.out.find("HIGH_WATERMARK"), std::string::npos) << r.out;
   // Kafka down: status still answers, and says why there is no lag.
-  r = Ctl(db, {"status", "--kafka", "127.0.0.1:1"});
+  r = Ctl(db, {"status", "--kafka", "127.0.0.1:1", "--kafka-timeout", "1s"});
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_NE(r.out.find("lag unavailable"), std::string::npos) << r.out;
 }

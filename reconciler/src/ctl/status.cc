@@ -18,6 +18,10 @@ int Status_(Invocation& inv) {
   if (brokers.empty() && !inv.Has("no-kafka"))
     if (const char* env = std::getenv("CONVERGE_KAFKA_BROKERS")) brokers = env;
   if (inv.Has("no-kafka")) brokers.clear();
+  auto kafka_timeout = inv.GetDurationSeconds("kafka-timeout");
+  if (!kafka_timeout.ok()) return inv.UsageError(kafka_timeout.status().message());
+  const std::chrono::milliseconds timeout(
+      kafka_timeout->has_value() ? std::max<int64_t>(1, **kafka_timeout) * 1000 : 3000);
 
   pqxx::transaction<pqxx::repeatable_read, pqxx::read_only> tx(inv.db());
   const pqxx::result outbox = tx.exec(
@@ -78,7 +82,7 @@ int Status_(Invocation& inv) {
     for (const auto& c : consumers) tps.emplace_back(c[1].c_str(), c[2].as<int>());
     std::sort(tps.begin(), tps.end());
     tps.erase(std::unique(tps.begin(), tps.end()), tps.end());
-    auto r = QueryHighWatermarks(brokers, tps, std::chrono::milliseconds(3000));
+    auto r = QueryHighWatermarks(brokers, tps, timeout);
     if (r.ok())
       marks = std::move(r).value();
     else
@@ -272,6 +276,8 @@ const Registration kStatus({.path = "status",
                                          "Kafka bootstrap servers for consumer lag (default "
                                          "$CONVERGE_KAFKA_BROKERS)"},
                                         {"no-kafka", "", "do not ask Kafka (no lag column)"},
+                                        {"kafka-timeout", "DURATION",
+                                         "how long to wait for Kafka in total (default 3s)"},
                                         {"check", "",
                                          "exit 1 when something needs a person (open dead "
                                          "letters, parked keys, stuck or parked flows)"}},
