@@ -90,6 +90,8 @@ Result<ScanResult> Reconciler::ScanOnce() {
           ++pass.compensated;
         } else if (action == "compensation_reemitted") {
           ++pass.compensations_reemitted;
+        } else if (action == "extended") {
+          ++pass.extended;
         } else if (action == "needs_attention") {
           ++pass.needs_attention;
           Log(Level::kWarn, "flow needs attention",
@@ -112,11 +114,13 @@ Result<ScanResult> Reconciler::ScanOnce() {
     stats_.compensated.fetch_add(pass.compensated);
     stats_.compensations_reemitted.fetch_add(pass.compensations_reemitted);
     stats_.needs_attention.fetch_add(pass.needs_attention);
+    stats_.extended.fetch_add(pass.extended);
     total.reemitted += pass.reemitted;
     total.compensations_started += pass.compensations_started;
     total.compensated += pass.compensated;
     total.compensations_reemitted += pass.compensations_reemitted;
     total.needs_attention += pass.needs_attention;
+    total.extended += pass.extended;
     if (rows < options_.batch_size || impl_->stop.load()) break;
   }
   return total;
@@ -229,6 +233,7 @@ Status Reconciler::Run() {
            {"compensated", scan->compensated},
            {"compensations_reemitted", scan->compensations_reemitted},
            {"needs_attention", scan->needs_attention},
+           {"extended", scan->extended},
            {"instance", options_.instance_id}});
     }
     const auto now = std::chrono::steady_clock::now();

@@ -56,6 +56,11 @@ class FlowTest : public ::testing::Test {
     ASSERT_TRUE(db_.ok());
     // Commits need not wait for the disk in a throwaway database (2 shared cores, busy disk).
     db_.Scalar("ALTER DATABASE \"" + db_.name() + "\" SET synchronous_commit = off");
+    // `published` keeps what the simulated relay took from the outbox; `sent` is everything
+    // ever emitted.
+    db_.Scalar("CREATE TABLE published AS SELECT * FROM converge.outbox WITH NO DATA");
+    db_.Scalar(
+        "CREATE VIEW sent AS SELECT * FROM converge.outbox UNION ALL SELECT * FROM published");
     conn_ = db_.Connect();
   }
 
@@ -83,9 +88,16 @@ class FlowTest : public ::testing::Test {
   std::string State(const FlowId& id) {
     return db_.Scalar("SELECT state FROM converge.flows WHERE flow_id = '" + id.value + "'");
   }
-  // Makes every open deadline due now (the database clock decides, so tests move deadlines
-  // instead of sleeping).
+  // The relay's part: moves every outbox row to `published`.
+  void Publish() {
+    db_.Scalar(
+        "WITH d AS (DELETE FROM converge.outbox RETURNING *) "
+        "INSERT INTO published SELECT * FROM d");
+  }
+  // Publishes everything, then makes every open deadline due now (the database clock decides,
+  // so tests move deadlines instead of sleeping).
   void ExpireDeadlines() {
+    Publish();
     db_.Scalar(
         "UPDATE converge.flows SET deadline_at = now() - interval '1 second' "
         "WHERE deadline_at IS NOT NULL");
@@ -94,10 +106,10 @@ class FlowTest : public ::testing::Test {
     auto c = db_.Connect();
     pqxx::work tx(*c);
     std::vector<std::string> out;
-    for (const auto& row : tx.exec_params(
-             "SELECT type || '#' || (headers->>'converge-flow-attempt') FROM converge.outbox "
-             "WHERE headers->>'converge-flow-id' = $1 ORDER BY id",
-             id.value))
+    for (const auto& row :
+         tx.exec_params("SELECT type || '#' || (headers->>'converge-flow-attempt') FROM sent "
+                        "WHERE headers->>'converge-flow-id' = $1 ORDER BY id",
+                        id.value))
       out.push_back(row[0].c_str());
     return out;
   }
@@ -124,7 +136,7 @@ TEST_F(FlowTest, HappyPathAdvancesCompletesAndConfirms) {
   EXPECT_EQ(OutboxTypes(id), (std::vector<std::string>{"stock.reserve#1", "payment.charge#1",
                                                        "mail.send#1", "payment.capture#1"}));
   // Messages are keyed by the business key and carry the flow's coordinates and data.
-  EXPECT_EQ(db_.Count("SELECT count(*) FROM converge.outbox WHERE key = 'order-1' AND "
+  EXPECT_EQ(db_.Count("SELECT count(*) FROM sent WHERE key = 'order-1' AND "
                       "convert_from(payload, 'UTF8')::jsonb #>> '{data,total}' = '12'"),
             4);
   auto info = InTx([&](pqxx::work& tx) { return Get(tx, id); });
@@ -194,16 +206,16 @@ TEST_F(FlowTest, ReemissionsHaveDeterministicDistinctIdsAndStableStepKey) {
   Reconciler r(Options());
   ExpireDeadlines();
   ASSERT_EQ(r.ScanOnce()->reemitted, 1);
-  EXPECT_EQ(db_.Count("SELECT count(DISTINCT message_id) FROM converge.outbox"), 2);
+  EXPECT_EQ(db_.Count("SELECT count(DISTINCT message_id) FROM sent"), 2);
   EXPECT_EQ(db_.Count("SELECT count(DISTINCT headers->>'converge-flow-step-key') FROM "
-                      "converge.outbox"),
+                      "sent"),
             1);
-  EXPECT_EQ(db_.Count("SELECT count(*) FROM converge.outbox WHERE message_id = "
+  EXPECT_EQ(db_.Count("SELECT count(*) FROM sent WHERE message_id = "
                       "converge.flow_message_id('" +
                       id.value + "', 0, 'command', 2)"),
             1);
   // Same payload for every attempt: a receiver's inbox sees no conflict between them.
-  EXPECT_EQ(db_.Count("SELECT count(DISTINCT payload) FROM converge.outbox"), 1);
+  EXPECT_EQ(db_.Count("SELECT count(DISTINCT payload) FROM sent"), 1);
 }
 
 TEST_F(FlowTest, FailedStepCompensatesOnlyTheStepsBeforeIt) {
@@ -214,7 +226,7 @@ TEST_F(FlowTest, FailedStepCompensatesOnlyTheStepsBeforeIt) {
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(*o, ReplyOutcome::kCompensating);
   EXPECT_EQ(OutboxTypes(id).back(), "stock.release#1");
-  EXPECT_EQ(db_.Count("SELECT count(*) FROM converge.outbox WHERE type = 'payment.refund'"), 0);
+  EXPECT_EQ(db_.Count("SELECT count(*) FROM sent WHERE type = 'payment.refund'"), 0);
   // A stock-out at the first step: nothing to undo.
   FlowId id2 = StartFlow("order-2");
   o = InTx([&](pqxx::work& tx) { return FailStep(tx, id2, 0, "out of stock"); });
@@ -231,16 +243,18 @@ TEST_F(FlowTest, CompensationThatKeepsFailingIsParkedWithTheReason) {
     return CompensationFailed(tx, id, 0, "stock service: warehouse locked");
   });
   EXPECT_EQ(*failed, ReplyOutcome::kRetrying);
+  Publish();
   EXPECT_EQ(r.ScanOnce()->compensations_reemitted, 1);  // attempt 2 of 2
   ASSERT_TRUE(InTx([&](pqxx::work& tx) {
                 return CompensationFailed(tx, id, 0, "warehouse still locked");
               }).ok());
+  Publish();
   EXPECT_EQ(r.ScanOnce()->needs_attention, 1);
   auto info = InTx([&](pqxx::work& tx) { return Get(tx, id); });
   EXPECT_EQ(info->state, "needs_attention");
   EXPECT_NE(info->last_error.find("warehouse still locked"), std::string::npos) << info->last_error;
   EXPECT_NE(info->last_error.find("after 2 attempt(s)"), std::string::npos);
-  EXPECT_EQ(db_.Count("SELECT count(*) FROM converge.outbox WHERE type = 'stock.release'"), 2);
+  EXPECT_EQ(db_.Count("SELECT count(*) FROM sent WHERE type = 'stock.release'"), 2);
   // Parked flows are not touched again.
   ExpireDeadlines();
   EXPECT_EQ(r.ScanOnce()->total(), 0);
@@ -366,7 +380,7 @@ TEST_F(FlowTest, LateRepliesRacingTwoReconcilersEndCompletedXorCompensating) {
   for (const auto& id : ids) {
     const std::string st = State(id);
     const long long comp = db_.Count(
-        "SELECT count(*) FROM converge.outbox WHERE type = 'stock.release' AND "
+        "SELECT count(*) FROM sent WHERE type = 'stock.release' AND "
         "headers->>'converge-flow-id' = '" +
         id.value + "'");
     if (outcomes[id.value] == ReplyOutcome::kAdvanced) {
@@ -484,6 +498,29 @@ TEST_F(FlowTest, OnePercentDroppedRepliesAreAllDetectedAndEndCompletedXorCompens
             0);
 }
 
+// A relay that is behind (or down) must not cost attempts: while the last emission is still in
+// the outbox the deadline is only extended; once it is published, the deadline counts again.
+TEST_F(FlowTest, UnpublishedEmissionExtendsTheDeadlineInsteadOfSpendingAnAttempt) {
+  RegisterType(OrderFlow(30s, 1));
+  FlowId id = StartFlow("order-1");
+  Reconciler r(Options());
+  for (int i = 0; i < 3; ++i) {
+    db_.Scalar("UPDATE converge.flows SET deadline_at = now() - interval '1 second'");
+    auto s = r.ScanOnce();
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_EQ(s->extended, 1);
+    EXPECT_EQ(s->compensations_started, 0);
+  }
+  auto info = InTx([&](pqxx::work& tx) { return Get(tx, id); });
+  EXPECT_EQ(info->state, "running");
+  EXPECT_EQ(info->attempts, 1);
+  EXPECT_EQ(db_.Count("SELECT count(*) FROM converge.flow_history WHERE event = "
+                      "'deadline_extended'"),
+            3);
+  ExpireDeadlines();  // published now, and still no reply
+  EXPECT_EQ(r.ScanOnce()->compensations_started, 1);
+}
+
 TEST_F(FlowTest, StuckThingsSnapshotCountsOutboxKeysDeadLettersAndFlows) {
   RegisterType(OrderFlow());
   StartFlow("order-1");
@@ -494,7 +531,7 @@ TEST_F(FlowTest, StuckThingsSnapshotCountsOutboxKeysDeadLettersAndFlows) {
   db_.Scalar(
       "INSERT INTO converge.dead_letters (origin, topic, reason, error_code) VALUES "
       "('relay', 't', 'too large', 'too_large')");
-  ExpireDeadlines();
+  db_.Scalar("UPDATE converge.flows SET deadline_at = now() - interval '1 second'");
   Reconciler r(Options());
   auto s = r.RefreshSnapshot();
   ASSERT_TRUE(s.ok()) << s.status();

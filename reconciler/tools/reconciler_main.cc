@@ -72,6 +72,10 @@ Status RegisterMetrics(metrics::Registry& reg, const reconciler::Reconciler& r) 
                                    st.compensations_reemitted));
   CONVERGE_RETURN_IF_ERROR(counter("converge_reconciler_needs_attention_total",
                                    "Flows parked as needs_attention", st.needs_attention));
+  CONVERGE_RETURN_IF_ERROR(counter("converge_reconciler_deadlines_extended_total",
+                                   "Deadlines extended because the last emission was not "
+                                   "published yet (relay behind)",
+                                   st.extended));
   CONVERGE_RETURN_IF_ERROR(counter("converge_reconciler_errors_total",
                                    "Passes that failed (database unreachable, aborted)",
                                    st.errors));

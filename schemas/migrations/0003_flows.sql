@@ -402,6 +402,10 @@ $$;
 -- One reconciler pass: takes up to p_limit flows past their deadline (database clock) that no
 -- other transaction holds (FOR UPDATE SKIP LOCKED: several reconcilers share the work, none
 -- waits for another) and, per flow:
+--   any,          the last emission is still unpublished in the outbox (the relay is behind
+--                                           or down) -> extend the deadline: a message that was
+--                                           never sent cannot have been answered, so no attempt
+--                                           is spent and nothing is compensated
 --   running,      attempts < max_attempts  -> re-emit the step's command (next attempt)
 --   running,      attempts exhausted       -> compensate from this step down (its outcome is
 --                                              unknown: the reply may only have been lost)
@@ -434,6 +438,20 @@ BEGIN
       INSERT INTO converge.flow_history (flow_id, step, step_name, event, detail)
         VALUES (f.flow_id, f.step, f.step_name, 'needs_attention', v_reason);
       action := 'needs_attention';
+    ELSIF EXISTS (SELECT 1 FROM converge.outbox o
+                   WHERE o.message_id = converge.flow_message_id(
+                           f.flow_id, f.step,
+                           CASE f.state WHEN 'running' THEN 'command' ELSE 'compensation' END,
+                           f.attempts)) THEN
+      UPDATE converge.flows fl
+         SET deadline_at = now() + make_interval(secs => (CASE f.state
+               WHEN 'running' THEN (v_def -> 'steps' -> f.step ->> 'deadline_ms')::bigint
+               ELSE coalesce((v_def ->> 'compensation_deadline_ms')::bigint, 30000) END) / 1000.0)
+       WHERE fl.flow_id = f.flow_id;
+      INSERT INTO converge.flow_history (flow_id, step, step_name, event, detail)
+        VALUES (f.flow_id, f.step, f.step_name, 'deadline_extended',
+                'attempt ' || f.attempts || ' is not published yet (relay behind)');
+      action := 'extended';
     ELSIF f.state = 'running' THEN
       v_max := (v_def -> 'steps' -> f.step ->> 'max_attempts')::integer;
       IF f.attempts < v_max THEN

@@ -53,9 +53,12 @@ struct ScanResult {
   int compensated = 0;            // flows with nothing to undo, compensated at once
   int compensations_reemitted = 0;
   int needs_attention = 0;  // flows parked for a person
+  // Deadlines extended because the last emission is still unpublished in the outbox (relay
+  // behind): no attempt is spent on a message that was never sent.
+  int extended = 0;
   int total() const {
     return reemitted + compensations_started + compensated + compensations_reemitted +
-           needs_attention;
+           needs_attention + extended;
   }
 };
 
@@ -83,6 +86,7 @@ struct ReconcilerStats {
   std::atomic<uint64_t> compensated{0};
   std::atomic<uint64_t> compensations_reemitted{0};
   std::atomic<uint64_t> needs_attention{0};
+  std::atomic<uint64_t> extended{0};
   std::atomic<uint64_t> errors{0};
   std::atomic<int64_t> ready{0};  // 1 while connected
 };
