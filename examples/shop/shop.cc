@@ -1,0 +1,386 @@
+#include "shop.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include <pqxx/pqxx>
+
+namespace shop {
+namespace {
+
+using converge::Status;
+using converge::StatusCode;
+using converge::consumer::Context;
+namespace flows = converge::flows;
+
+constexpr const char* kFlowType = "shop.order";
+
+// The shop's own tables. Each service owns its tables; they share one database here only to
+// keep the demo small (each could have its own: the services talk only through messages).
+constexpr const char* kSchemaSql = R"sql(
+CREATE SCHEMA IF NOT EXISTS shop;
+-- order service
+CREATE TABLE IF NOT EXISTS shop.orders (
+  order_id     text PRIMARY KEY,
+  sku          text NOT NULL,
+  qty          integer NOT NULL CHECK (qty > 0),
+  amount_cents integer NOT NULL CHECK (amount_cents > 0),
+  placed_at    timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+-- inventory service
+CREATE TABLE IF NOT EXISTS shop.stock (
+  sku     text PRIMARY KEY,
+  initial integer NOT NULL,
+  on_hand integer NOT NULL CHECK (on_hand >= 0)
+);
+CREATE TABLE IF NOT EXISTS shop.reservations (
+  order_id text PRIMARY KEY,
+  sku      text NOT NULL,
+  qty      integer NOT NULL,
+  state    text NOT NULL CHECK (state IN ('reserved', 'out', 'released'))
+);
+-- payment service
+CREATE TABLE IF NOT EXISTS shop.payments (
+  order_id     text PRIMARY KEY,
+  amount_cents integer NOT NULL,
+  state        text NOT NULL CHECK (state IN ('charged', 'declined', 'refunded'))
+);
+CREATE TABLE IF NOT EXISTS shop.ledger (
+  id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  order_id     text NOT NULL,
+  kind         text NOT NULL CHECK (kind IN ('charge', 'refund')),
+  amount_cents integer NOT NULL
+);
+-- what the services process saw (for the demo report)
+CREATE TABLE IF NOT EXISTS shop.service_stats (
+  service            text PRIMARY KEY,
+  applied            bigint NOT NULL,
+  duplicates_skipped bigint NOT NULL,
+  dead_letters       bigint NOT NULL,
+  updated_at         timestamptz NOT NULL DEFAULT now()
+);
+)sql";
+
+// The flow coordinates and the order fields carried by a flow command's payload.
+struct Command {
+  std::string order_id, sku, card;
+  int qty = 0, amount_cents = 0;
+};
+
+converge::Result<Command> ParseCommand(Context& ctx, const converge::Message& m) {
+  pqxx::result r = ctx.tx().exec_params(
+      "SELECT p->>'business_key', coalesce(p->'data'->>'sku', ''), "
+      "coalesce((p->'data'->>'qty')::int, 0), coalesce((p->'data'->>'amount_cents')::int, 0), "
+      "coalesce(p->'data'->>'card', 'ok') FROM (SELECT $1::jsonb AS p) s",
+      m.payload);
+  if (r.empty() || r[0][0].is_null())
+    return Status::InvalidArgument(m.type + ": payload has no business_key");
+  return Command{r[0][0].as<std::string>(), r[0][1].as<std::string>(), r[0][4].as<std::string>(),
+                 r[0][2].as<int>(), r[0][3].as<int>()};
+}
+
+// A reply to the orchestrator carries the flow headers of the command it answers.
+Status Reply(Context& ctx, const converge::Message& command, const std::string& type) {
+  converge::outbox::OutboxMessage reply{
+      .topic = kRepliesTopic, .key = command.subject, .type = type, .payload = "{}"};
+  for (const auto& [name, value] : command.headers)
+    if (name.rfind("converge-flow-", 0) == 0) reply.headers[name] = value;
+  return ctx.Enqueue(reply).status();
+}
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t i = std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5));
+  return v[i];
+}
+
+long long Count(pqxx::transaction_base& tx, const std::string& sql) {
+  pqxx::result r = tx.exec(sql);
+  return r.empty() || r[0][0].is_null() ? 0 : r[0][0].as<long long>();
+}
+
+}  // namespace
+
+flows::FlowType OrderFlow() {
+  return flows::FlowType{
+      .name = kFlowType,
+      .steps = {{.name = "reserve",
+                 .command = {kStockTopic, "shop.stock.reserve"},
+                 .reply_type = "shop.stock.reserved",
+                 .compensation = flows::MessageRoute{kStockTopic, "shop.stock.release"},
+                 .deadline = std::chrono::seconds(5),
+                 .max_attempts = 3},
+                {.name = "pay",
+                 .command = {kPaymentsTopic, "shop.payment.charge"},
+                 .reply_type = "shop.payment.charged",
+                 .compensation = flows::MessageRoute{kPaymentsTopic, "shop.payment.refund"},
+                 .deadline = std::chrono::seconds(5),
+                 .max_attempts = 3}},
+      .compensation_deadline = std::chrono::seconds(5),
+      .compensation_max_attempts = 5};
+}
+
+Status Setup(const std::string& db_url, int skus, int stock_per_sku) {
+  try {
+    pqxx::connection conn(db_url);
+    pqxx::work tx(conn);
+    tx.exec0(kSchemaSql);
+    for (int i = 0; i < skus; ++i) {
+      tx.exec_params0(
+          "INSERT INTO shop.stock (sku, initial, on_hand) VALUES ($1, $2, $2) "
+          "ON CONFLICT (sku) DO NOTHING",
+          "sku-" + std::to_string(i), stock_per_sku);
+    }
+    if (Status st = flows::Register(tx, OrderFlow()); !st.ok()) return st;
+    tx.commit();
+    return Status::Ok();
+  } catch (const std::exception& e) {
+    return Status::Unavailable(std::string("shop setup: ") + e.what());
+  }
+}
+
+converge::Result<int> PlaceOrders(const std::string& db_url, const PlaceOptions& o) {
+  std::mt19937_64 rng(o.seed);
+  std::uniform_int_distribution<int> sku(0, o.skus - 1), qty(1, o.max_qty), price(500, 9000),
+      pct(0, 99);
+  const auto started = std::chrono::steady_clock::now();
+  const auto interval = std::chrono::duration<double>(1.0 / o.rate);
+  int placed = 0;
+  try {
+    pqxx::connection conn(db_url);
+    auto last_progress = started;
+    for (int i = 0; i < o.orders; ++i) {
+      std::this_thread::sleep_until(
+          started + std::chrono::duration_cast<std::chrono::nanoseconds>(interval * i));
+      const std::string order_id = "order-" + std::to_string(o.seed) + "-" + std::to_string(i);
+      const std::string s = "sku-" + std::to_string(sku(rng));
+      const int q = qty(rng);
+      const int amount = q * price(rng);
+      const bool declined = pct(rng) < o.decline_percent;
+      pqxx::work tx(conn);
+      // The order row and the flow's first command commit together, or neither does.
+      tx.exec_params0(
+          "INSERT INTO shop.orders (order_id, sku, qty, amount_cents) VALUES ($1, $2, $3, $4)",
+          order_id, s, q, amount);
+      std::ostringstream data;
+      data << "{\"sku\":\"" << s << "\",\"qty\":" << q << ",\"amount_cents\":" << amount
+           << ",\"card\":\"" << (declined ? "declined" : "ok") << "\"}";
+      auto started_flow = flows::Start(tx, kFlowType, order_id, data.str());
+      if (!started_flow.ok()) return started_flow.status();
+      tx.commit();
+      ++placed;
+      const auto now = std::chrono::steady_clock::now();
+      if (now - last_progress >= std::chrono::seconds(1) || placed == o.orders) {
+        last_progress = now;
+        std::printf("  placed %d/%d orders\n", placed, o.orders);
+        std::fflush(stdout);
+      }
+    }
+  } catch (const std::exception& e) {
+    return Status::Unavailable(std::string("placing orders: ") + e.what());
+  }
+  return placed;
+}
+
+void RegisterInventory(converge::consumer::Consumer& consumer) {
+  consumer.Handle("shop.stock.reserve", [](const converge::Message& m, Context& ctx) -> Status {
+    CONVERGE_ASSIGN_OR_RETURN(Command c, ParseCommand(ctx, m));
+    auto& tx = ctx.tx();
+    // The effect is idempotent per order (a re-emitted command after a lost reply finds the
+    // reservation and only replies again); the inbox already drops redeliveries of one id.
+    pqxx::result fresh = tx.exec_params(
+        "INSERT INTO shop.reservations (order_id, sku, qty, state) VALUES ($1, $2, $3, 'out') "
+        "ON CONFLICT (order_id) DO NOTHING RETURNING 1",
+        c.order_id, c.sku, c.qty);
+    if (!fresh.empty()) {
+      pqxx::result took = tx.exec_params(
+          "UPDATE shop.stock SET on_hand = on_hand - $2 WHERE sku = $1 AND on_hand >= $2 "
+          "RETURNING 1",
+          c.sku, c.qty);
+      if (!took.empty())
+        tx.exec_params0("UPDATE shop.reservations SET state = 'reserved' WHERE order_id = $1",
+                        c.order_id);
+    }
+    const std::string state =
+        tx.exec_params1("SELECT state FROM shop.reservations WHERE order_id = $1", c.order_id)[0]
+            .as<std::string>();
+    if (state == "reserved") return Reply(ctx, m, "shop.stock.reserved");
+    if (state == "out") return Reply(ctx, m, "shop.stock.out");
+    return Status::Ok();  // released already: the flow is compensating; nothing to say
+  });
+  consumer.Handle("shop.stock.release", [](const converge::Message& m, Context& ctx) -> Status {
+    CONVERGE_ASSIGN_OR_RETURN(Command c, ParseCommand(ctx, m));
+    auto& tx = ctx.tx();
+    // A release that overtakes its reservation leaves a tombstone so the reservation never
+    // happens later.
+    tx.exec_params0(
+        "INSERT INTO shop.reservations (order_id, sku, qty, state) VALUES ($1, $2, 0, "
+        "'released') ON CONFLICT (order_id) DO NOTHING",
+        c.order_id, c.sku);
+    pqxx::result back = tx.exec_params(
+        "UPDATE shop.reservations SET state = 'released' WHERE order_id = $1 AND state = "
+        "'reserved' RETURNING sku, qty",
+        c.order_id);
+    if (!back.empty())
+      tx.exec_params0("UPDATE shop.stock SET on_hand = on_hand + $2 WHERE sku = $1",
+                      back[0][0].as<std::string>(), back[0][1].as<int>());
+    return Reply(ctx, m, "shop.stock.released");
+  });
+}
+
+void RegisterPayments(converge::consumer::Consumer& consumer) {
+  consumer.Handle("shop.payment.charge", [](const converge::Message& m, Context& ctx) -> Status {
+    CONVERGE_ASSIGN_OR_RETURN(Command c, ParseCommand(ctx, m));
+    auto& tx = ctx.tx();
+    pqxx::result fresh = tx.exec_params(
+        "INSERT INTO shop.payments (order_id, amount_cents, state) VALUES ($1, $2, $3) "
+        "ON CONFLICT (order_id) DO NOTHING RETURNING state",
+        c.order_id, c.amount_cents, c.card == "declined" ? "declined" : "charged");
+    if (!fresh.empty() && fresh[0][0].as<std::string>() == "charged")
+      tx.exec_params0(
+          "INSERT INTO shop.ledger (order_id, kind, amount_cents) VALUES ($1, 'charge', $2)",
+          c.order_id, c.amount_cents);
+    const std::string state =
+        tx.exec_params1("SELECT state FROM shop.payments WHERE order_id = $1", c.order_id)[0]
+            .as<std::string>();
+    if (state == "charged") return Reply(ctx, m, "shop.payment.charged");
+    if (state == "declined") return Reply(ctx, m, "shop.payment.declined");
+    return Status::Ok();  // refunded already
+  });
+  consumer.Handle("shop.payment.refund", [](const converge::Message& m, Context& ctx) -> Status {
+    CONVERGE_ASSIGN_OR_RETURN(Command c, ParseCommand(ctx, m));
+    auto& tx = ctx.tx();
+    tx.exec_params0(
+        "INSERT INTO shop.payments (order_id, amount_cents, state) VALUES ($1, 0, 'refunded') "
+        "ON CONFLICT (order_id) DO NOTHING",
+        c.order_id);
+    pqxx::result back = tx.exec_params(
+        "UPDATE shop.payments SET state = 'refunded' WHERE order_id = $1 AND state = 'charged' "
+        "RETURNING amount_cents",
+        c.order_id);
+    if (!back.empty())
+      tx.exec_params0(
+          "INSERT INTO shop.ledger (order_id, kind, amount_cents) VALUES ($1, 'refund', $2)",
+          c.order_id, back[0][0].as<int>());
+    return Reply(ctx, m, "shop.payment.refunded");
+  });
+}
+
+void RegisterOrchestrator(converge::consumer::Consumer& consumer) {
+  auto advance = [](const std::string& what) {
+    return [what](const converge::Message& m, Context& ctx) -> Status {
+      CONVERGE_ASSIGN_OR_RETURN(flows::FlowRef ref, flows::RefFromHeaders(m.headers));
+      converge::Result<flows::ReplyOutcome> out = Status::Internal("unreachable");
+      if (what == "complete") {
+        out = flows::CompleteStep(ctx.tx(), ref.flow_id, ref.step);
+      } else if (what == "compensated") {
+        out = flows::CompensationDone(ctx.tx(), ref.flow_id, ref.step);
+      } else {
+        out = flows::FailStep(ctx.tx(), ref.flow_id, ref.step, what);
+      }
+      return out.status();
+    };
+  };
+  consumer.Handle("shop.stock.reserved", advance("complete"));
+  consumer.Handle("shop.payment.charged", advance("complete"));
+  consumer.Handle("shop.stock.out", advance("out of stock"));
+  consumer.Handle("shop.payment.declined", advance("payment declined"));
+  consumer.Handle("shop.stock.released", advance("compensated"));
+  consumer.Handle("shop.payment.refunded", advance("compensated"));
+}
+
+bool Report::consistent() const {
+  return running == 0 && needs_attention == 0 && placed == completed + compensated &&
+         stock_initial - stock_reserved_for_completed == stock_now && double_charges == 0 &&
+         double_reservations == 0 && net_charged_cents == completed_amount_cents;
+}
+
+converge::Result<Report> ReadReport(const std::string& db_url) {
+  Report r;
+  try {
+    pqxx::connection conn(db_url);
+    pqxx::read_transaction tx(conn);
+    r.placed = Count(tx, "SELECT count(*) FROM shop.orders");
+    const std::string flows_of = "FROM converge.flows WHERE flow_type = 'shop.order' AND ";
+    r.completed = Count(tx, "SELECT count(*) " + flows_of + "state = 'completed'");
+    r.compensated = Count(tx, "SELECT count(*) " + flows_of + "state = 'compensated'");
+    r.running = Count(tx, "SELECT count(*) " + flows_of + "state IN ('running', 'compensating')");
+    r.needs_attention = Count(tx, "SELECT count(*) " + flows_of + "state = 'needs_attention'");
+    r.stock_outs = Count(tx, "SELECT count(*) FROM shop.reservations WHERE state = 'out'");
+    r.declined = Count(tx, "SELECT count(*) FROM shop.payments WHERE state = 'declined'");
+    r.stock_initial = Count(tx, "SELECT sum(initial) FROM shop.stock");
+    r.stock_now = Count(tx, "SELECT sum(on_hand) FROM shop.stock");
+    // Stock held by reservations must be exactly the quantity of the completed orders: a
+    // compensated order that kept its stock, or a reservation applied twice, breaks this.
+    r.stock_reserved_for_completed = Count(
+        tx,
+        "SELECT sum(o.qty) FROM shop.orders o JOIN converge.flows f "
+        "ON f.flow_type = 'shop.order' AND f.business_key = o.order_id AND f.state = 'completed'");
+    r.double_reservations = Count(
+        tx,
+        "SELECT (SELECT coalesce(sum(qty), 0) FROM shop.reservations WHERE state = 'reserved') - "
+        "coalesce((SELECT sum(o.qty) FROM shop.orders o JOIN converge.flows f ON f.flow_type = "
+        "'shop.order' AND f.business_key = o.order_id AND f.state = 'completed'), 0)");
+    r.double_charges =
+        Count(tx,
+              "SELECT count(*) FROM (SELECT order_id FROM shop.ledger WHERE kind = 'charge' "
+              "GROUP BY order_id HAVING count(*) > 1) d");
+    r.net_charged_cents =
+        Count(tx,
+              "SELECT sum(CASE kind WHEN 'charge' THEN amount_cents ELSE -amount_cents END) "
+              "FROM shop.ledger");
+    r.completed_amount_cents = Count(
+        tx,
+        "SELECT sum(o.amount_cents) FROM shop.orders o JOIN converge.flows f "
+        "ON f.flow_type = 'shop.order' AND f.business_key = o.order_id AND f.state = 'completed'");
+    r.duplicates_skipped = Count(tx, "SELECT sum(duplicates_skipped) FROM shop.service_stats");
+    r.refunded = Count(tx, "SELECT count(*) FROM shop.payments WHERE state = 'refunded'");
+    std::vector<double> ms;
+    for (const auto& row :
+         tx.exec("SELECT extract(epoch FROM finished_at - created_at) * 1000 FROM converge.flows "
+                 "WHERE flow_type = 'shop.order' AND state = 'completed'"))
+      ms.push_back(row[0].as<double>());
+    r.latency_p50_ms = Percentile(ms, 0.50);
+    r.latency_p99_ms = Percentile(ms, 0.99);
+    r.latency_max_ms = ms.empty() ? 0 : *std::max_element(ms.begin(), ms.end());
+  } catch (const std::exception& e) {
+    return Status::Unavailable(std::string("report: ") + e.what());
+  }
+  return r;
+}
+
+std::string FormatReport(const Report& r) {
+  std::ostringstream o;
+  o << "orders placed            " << r.placed << "\n"
+    << "  completed              " << r.completed << "\n"
+    << "  compensated            " << r.compensated << "  (stock-outs " << r.stock_outs
+    << ", payments declined " << r.declined << ", refunds " << r.refunded << ")\n"
+    << "  still running          " << r.running << "\n"
+    << "  needs attention        " << r.needs_attention << "\n"
+    << "stock                    initial " << r.stock_initial << " - held by completed orders "
+    << r.stock_reserved_for_completed << " = " << r.stock_initial - r.stock_reserved_for_completed
+    << ", on hand " << r.stock_now
+    << (r.stock_initial - r.stock_reserved_for_completed == r.stock_now ? "  (consistent)"
+                                                                        : "  (INCONSISTENT)")
+    << "\n"
+    << "reservations not matched " << r.double_reservations << "\n"
+    << "orders charged twice     " << r.double_charges << "\n"
+    << "money                    charged - refunded " << r.net_charged_cents
+    << " cents, completed orders " << r.completed_amount_cents << " cents"
+    << (r.net_charged_cents == r.completed_amount_cents ? "  (consistent)" : "  (INCONSISTENT)")
+    << "\n"
+    << "duplicates absorbed      " << r.duplicates_skipped
+    << "  (redelivered messages the consumers' inboxes skipped)\n"
+    << "order latency (placed -> completed)  p50 " << static_cast<long>(r.latency_p50_ms)
+    << " ms, p99 " << static_cast<long>(r.latency_p99_ms) << " ms, max "
+    << static_cast<long>(r.latency_max_ms) << " ms\n";
+  return o.str();
+}
+
+}  // namespace shop
