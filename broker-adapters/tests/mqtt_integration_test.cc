@@ -190,6 +190,32 @@ TEST(MqttPublisher, InvalidKeyForTemplateIsInvalidArgumentAndHoldsTheKey) {
   EXPECT_TRUE(results[2].status.ok()) << results[2].status;
 }
 
+TEST(MqttPublisher, TlsWithTheRightCaPublishesAndAWrongCaCannotConnect) {
+  MosquittoConfig cfg = AuthConfig();
+  cfg.tls = true;
+  MosquittoBroker broker(cfg);
+  ASSERT_TRUE(broker.Start()) << broker.error();
+  ASSERT_EQ(broker.url().rfind("ssl://", 0), 0u);
+  MqttOptions o = RelayOptionsFor(broker);
+  o.tls.ca_file = broker.ca_file();
+  auto pub = MakeMqttPublisher(o);
+  ASSERT_TRUE(pub.ok()) << pub.status();
+  auto ok = Publish(**pub, {Make("orders/eu", "k", 1)});
+  EXPECT_TRUE(ok[0].status.ok()) << ok[0].status;
+
+  o.tls.ca_file = broker.other_ca_file();
+  auto wrong = MakeMqttPublisher(o);
+  ASSERT_TRUE(wrong.ok());
+  Status st = (*wrong)->CheckConnected(milliseconds(3000));
+  EXPECT_EQ(st.code(), StatusCode::kUnavailable) << st;
+  o.url = "tcp://127.0.0.1:" + std::to_string(broker.port());
+  o.tls = {};
+  auto plain = MakeMqttPublisher(o);
+  ASSERT_TRUE(plain.ok());
+  auto r = Publish(**plain, {Make("orders/eu", "k", 2)}, milliseconds(3000));
+  EXPECT_FALSE(r[0].status.ok()) << "plain TCP must not get through a TLS listener";
+}
+
 // ---- source ----
 
 MqttOptions SourceOptionsFor(const MosquittoBroker& b, const std::string& id) {

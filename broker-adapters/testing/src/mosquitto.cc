@@ -97,6 +97,29 @@ bool MosquittoBroker::WriteFiles() {
   if (::geteuid() == 0) conf << "user root\n";
   conf << "per_listener_settings false\n"
        << "listener " << port_ << " 127.0.0.1\n";
+  if (config_.tls) {
+    std::ofstream(dir_ + "/san.ext") << "subjectAltName=IP:127.0.0.1\n";
+    const std::vector<std::vector<std::string>> steps = {
+        {"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", dir_ + "/ca.key",
+         "-out", dir_ + "/ca.crt", "-days", "2", "-subj", "/CN=converge-test-ca"},
+        {"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+         dir_ + "/other-ca.key", "-out", dir_ + "/other-ca.crt", "-days", "2", "-subj",
+         "/CN=other-test-ca"},
+        {"openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", dir_ + "/server.key", "-out",
+         dir_ + "/server.csr", "-subj", "/CN=127.0.0.1"},
+        {"openssl", "x509", "-req", "-in", dir_ + "/server.csr", "-CA", dir_ + "/ca.crt", "-CAkey",
+         dir_ + "/ca.key", "-CAcreateserial", "-out", dir_ + "/server.crt", "-days", "2",
+         "-extfile", dir_ + "/san.ext"},
+    };
+    for (const auto& step : steps) {
+      if (RunQuiet(step) != 0) {
+        error_ = "openssl failed: " + step[1] + " (is the openssl CLI installed?)";
+        return false;
+      }
+    }
+    conf << "cafile " << dir_ << "/ca.crt\ncertfile " << dir_ << "/server.crt\nkeyfile " << dir_
+         << "/server.key\n";
+  }
   if (config_.users.empty()) {
     conf << "allow_anonymous true\n";
   } else {

@@ -28,6 +28,10 @@ struct MosquittoConfig {
   // acl_file contents ("user relay\ntopic write dev/#\n..."); empty: no ACL file.
   std::string acl;
   bool persistence = true;
+  // TLS listener instead of plain TCP: a CA and a server certificate for 127.0.0.1 (IP SAN) are
+  // generated with the openssl CLI; url() is then ssl://127.0.0.1:<port>, ca_file() the CA, and
+  // other_ca_file() a second CA that did not sign the server certificate.
+  bool tls = false;
   // Extra mosquitto.conf lines (e.g. "max_inflight_messages 1").
   std::string extra;
 };
@@ -50,7 +54,11 @@ class MosquittoBroker {
   bool running() const { return pid_ > 0; }
 
   int port() const { return port_; }
-  std::string url() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
+  std::string url() const {
+    return (config_.tls ? "ssl://127.0.0.1:" : "tcp://127.0.0.1:") + std::to_string(port_);
+  }
+  std::string ca_file() const { return dir_ + "/ca.crt"; }
+  std::string other_ca_file() const { return dir_ + "/other-ca.crt"; }
   const std::string& dir() const { return dir_; }
   // Publishes one MQTT 5 message with the mosquitto_pub CLI, in a separate process (so it does
   // not share Paho's process-wide threads with the code under test). True on success.
