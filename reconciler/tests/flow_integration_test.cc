@@ -149,6 +149,47 @@ TEST_F(FlowTest, HappyPathAdvancesCompletesAndConfirms) {
   EXPECT_EQ(hist->back().event, "confirm_emitted");
 }
 
+// Try/Confirm/Cancel: every participant is tried in turn; when all tried, each gets its
+// confirm; when one fails, the ones tried before it get their cancel, in reverse order.
+TEST_F(FlowTest, TccConfirmsAllOrCancelsTheTriedOnes) {
+  RegisterType(TccFlow("trip", {{.name = "flight",
+                                 .topic = "flights",
+                                 .try_type = "flight.hold",
+                                 .confirm_type = "flight.book",
+                                 .cancel_type = "flight.release"},
+                                {.name = "hotel",
+                                 .topic = "hotels",
+                                 .try_type = "hotel.hold",
+                                 .confirm_type = "hotel.book",
+                                 .cancel_type = "hotel.release"},
+                                {.name = "car",
+                                 .topic = "cars",
+                                 .try_type = "car.hold",
+                                 .confirm_type = "car.book",
+                                 .cancel_type = "car.release"}}));
+  FlowId ok = StartFlow("trip-1", "trip");
+  EXPECT_EQ(Complete(ok, 0), ReplyOutcome::kAdvanced);
+  EXPECT_EQ(Complete(ok, 1), ReplyOutcome::kAdvanced);
+  EXPECT_EQ(Complete(ok, 2), ReplyOutcome::kCompleted);
+  EXPECT_EQ(OutboxTypes(ok),
+            (std::vector<std::string>{"flight.hold#1", "hotel.hold#1", "car.hold#1",
+                                      "flight.book#1", "hotel.book#1", "car.book#1"}));
+
+  FlowId no_car = StartFlow("trip-2", "trip");
+  Complete(no_car, 0);
+  Complete(no_car, 1);
+  auto o = InTx([&](pqxx::work& tx) { return FailStep(tx, no_car, 2, "no car left"); });
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(*o, ReplyOutcome::kCompensating);
+  EXPECT_EQ(*InTx([&](pqxx::work& tx) { return CompensationDone(tx, no_car, 1); }),
+            ReplyOutcome::kAdvanced);
+  EXPECT_EQ(*InTx([&](pqxx::work& tx) { return CompensationDone(tx, no_car, 0); }),
+            ReplyOutcome::kCompensated);
+  EXPECT_EQ(OutboxTypes(no_car),
+            (std::vector<std::string>{"flight.hold#1", "hotel.hold#1", "car.hold#1",
+                                      "hotel.release#1", "flight.release#1"}));
+}
+
 TEST_F(FlowTest, BadInputIsNamed) {
   RegisterType(OrderFlow());
   auto r = InTx([&](pqxx::work& tx) { return Start(tx, "nope", "k"); });
