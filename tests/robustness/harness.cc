@@ -129,6 +129,11 @@ CREATE TRIGGER robust_offset_audit AFTER UPDATE ON converge.consumer_offsets
   }
 }
 
+void WriteMessage(pqxx::transaction_base& tx, const std::string& topic, const std::string& key,
+                  const std::string& message_id, int64_t ordinal) {
+  tx.exec_params(kWriteRow, topic, key, Payload(ordinal, false), message_id, false);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Workload
 

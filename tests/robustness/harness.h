@@ -33,6 +33,7 @@
 #include <vector>
 
 #include <pqxx/connection>
+#include <pqxx/transaction_base>
 
 #include "converge/common/status.h"
 #include "converge/testing/process.h"
@@ -119,6 +120,11 @@ class Workload {
   WorkloadStats stats_;
   std::vector<std::string> aborted_;
 };
+
+// Writes one workload message (business row + outbox row) in the caller's transaction, for
+// scenarios that hold a transaction themselves. Throws what pqxx throws.
+void WriteMessage(pqxx::transaction_base& tx, const std::string& topic, const std::string& key,
+                  const std::string& message_id, int64_t ordinal);
 
 // What the checker found. Every count except the informational ones must be 0.
 struct History {
