@@ -116,6 +116,29 @@ TEST(MqttPublisher, EnvelopeInUserPropertiesAndOrderPerKey) {
   EXPECT_EQ(last_seq.size(), 3u);
 }
 
+TEST(MqttPublisher, Qos2AndASmallInflightWindowDeliverInOrder) {
+  MosquittoBroker broker(AuthConfig());
+  ASSERT_TRUE(broker.Start()) << broker.error();
+  MqttTestClient reader(broker.url(), "reader-2", "reader", "reader-pw");
+  ASSERT_EQ(reader.Connect(), "");
+  ASSERT_EQ(reader.Subscribe("orders/#", 2), "");
+  MqttOptions o = RelayOptionsFor(broker);
+  o.qos = 2;
+  o.max_inflight = 2;
+  auto pub = MakeMqttPublisher(o);
+  ASSERT_TRUE(pub.ok());
+  std::vector<Message> msgs;
+  for (int i = 1; i <= 10; ++i) msgs.push_back(Make("orders/eu", "k", i));
+  for (const auto& r : Publish(**pub, msgs)) EXPECT_TRUE(r.status.ok()) << r.status;
+  ASSERT_TRUE(reader.WaitFor(10, seconds(5)));
+  auto got = reader.Received();
+  ASSERT_EQ(got.size(), 10u);
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i].qos, 2);
+    EXPECT_EQ(got[i].Prop("keyseq"), std::to_string(i + 1));
+  }
+}
+
 TEST(MqttPublisher, AclDenialIsFailedPreconditionNotSilentSuccess) {
   MosquittoBroker broker(AuthConfig());
   ASSERT_TRUE(broker.Start()) << broker.error();
