@@ -25,6 +25,18 @@
 #include "converge/common/uuid.h"
 #include "converge/pubsub/protocol.h"
 
+// Paho C++ 1.2.0 builds disconnect_options from the MQTT 3 C initializer (struct_version 0), so
+// Paho C ignores its reason code and a "disconnect with will message" (0x04) reaches the broker
+// as a normal disconnect: no will (verified against mosquitto 2.0.11: "Received DISCONNECT", no
+// will published). The class is a friend of disconnect_options (declared for Paho's own tests);
+// this is the one place that uses that access, to select the MQTT 5 layout of the C struct.
+namespace mqtt {
+class disconnect_options_test {
+ public:
+  static void UseVersion5(disconnect_options& opts) { opts.opts_.struct_version = 1; }
+};
+}  // namespace mqtt
+
 namespace converge::pubsub {
 namespace {
 
@@ -377,17 +389,17 @@ class DeviceClient::Impl {
         return false;
       }
       // Subscribe on every connect: Paho never resubscribes, and a clean session has nothing.
-      auto sub =
-          cli_->subscribe(::mqtt::string_collection::create({commands_topic_, desired_topic_}),
-                          std::vector<int>{1, 1});
-      if (!sub->wait_for(o_.connect_timeout)) {
-        SetError("subscribe timed out");
-        Drop();
-        return false;
-      }
-      for (auto rc : sub->get_subscribe_response().get_reason_codes()) {
+      // One topic per SUBSCRIBE: Paho 1.2.0 returns garbage reason codes for a multi-topic one.
+      for (const std::string& filter : {commands_topic_, desired_topic_}) {
+        auto sub = cli_->subscribe(filter, 1);
+        if (!sub->wait_for(o_.connect_timeout)) {
+          SetError("subscribe to " + filter + " timed out");
+          Drop();
+          return false;
+        }
+        const int rc = static_cast<int>(sub->get_reason_code());
         if (rc >= 0x80) {
-          SetError("subscribe refused, reason " + std::to_string(static_cast<int>(rc)));
+          SetError("subscribe to " + filter + " refused, reason " + std::to_string(rc));
           Drop();
           return false;
         }
@@ -431,6 +443,7 @@ class DeviceClient::Impl {
           cli_->disconnect()->wait_for(o_.publish_timeout);
         } else {
           ::mqtt::disconnect_options d;
+          ::mqtt::disconnect_options_test::UseVersion5(d);
           d.set_reason_code(::mqtt::ReasonCode::DISCONNECT_WITH_WILL_MESSAGE);
           cli_->disconnect(d)->wait_for(o_.publish_timeout);
         }

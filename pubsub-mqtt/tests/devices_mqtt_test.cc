@@ -1,0 +1,458 @@
+// End-to-end device tests against a PRIVATE mosquitto with auth and ACLs on loopback (never the
+// shared broker), PostgreSQL from CONVERGE_PG_URL (a fresh database per test):
+//   server API (SendCommand / SetDesired) -> outbox -> the real relay engine with a Paho publisher
+//   that maps the device headers (test_bridge.h) -> mosquitto -> DeviceClient -> acks, reports,
+//   presence -> IngestBridge -> the real consumer runtime -> the ingest handlers -> PostgreSQL.
+#include <gtest/gtest.h>
+#include <mqtt/async_client.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <functional>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "converge/common/envelope.h"
+#include "converge/common/time_format.h"
+#include "converge/common/uuid.h"
+#include "converge/consumer/consumer.h"
+#include "converge/consumer/testing/fake_source.h"
+#include "converge/outbox/outbox.h"
+#include "converge/outbox/relay.h"
+#include "converge/pubsub/device_client.h"
+#include "converge/pubsub/devices.h"
+#include "converge/pubsub/testing/private_mosquitto.h"
+#include "converge/pubsub/testing/test_bridge.h"
+#include "converge/testing/pg_fixture.h"
+#include "converge/testing/process.h"
+
+namespace converge::pubsub {
+namespace {
+
+using namespace std::chrono_literals;
+
+#define ASSERT_OK(expr)                  \
+  do {                                   \
+    const converge::Status st_ = (expr); \
+    ASSERT_TRUE(st_.ok()) << st_;        \
+  } while (0)
+using consumer::testing::FakeSource;
+using testing::PrivateMosquitto;
+
+bool WaitUntil(const std::function<bool()>& done, std::chrono::milliseconds limit = 15s) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    if (done()) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return done();
+}
+
+// A raw MQTT 5 client (plain Paho) for what a device library would never do: publish to other
+// devices' topics, replay old wills. "" on success, else the error with rc and reason.
+std::string RawPublish(const std::string& url, const std::string& user, const std::string& pw,
+                       const std::string& topic, const Message& event, bool retained = false) {
+  ::mqtt::async_client cli(url, "raw-" + NewUuidV7().ToString().substr(24),
+                           ::mqtt::create_options(MQTTVERSION_5), nullptr);
+  try {
+    ::mqtt::connect_options opts;
+    opts.set_mqtt_version(MQTTVERSION_5);
+    opts.set_clean_start(true);
+    opts.set_user_name(user);
+    opts.set_password(pw);
+    cli.connect(opts)->wait_for(5s);
+    Message m = event;
+    m.topic = topic;
+    auto props = EncodeMqttUserProperties(m);
+    if (!props.ok()) return props.status().ToString();
+    ::mqtt::properties p;
+    for (const auto& [k, v] : props->user_properties)
+      p.add(::mqtt::property(::mqtt::property::USER_PROPERTY, k, v));
+    auto msg = ::mqtt::message::create(topic, m.payload, 1, retained);
+    msg->set_properties(std::move(p));
+    cli.publish(msg)->wait_for(5s);
+    cli.disconnect()->wait_for(2s);
+  } catch (const ::mqtt::exception& e) {
+    return "rc " + std::to_string(e.get_return_code()) + " reason " +
+           std::to_string(e.get_reason_code());
+  }
+  return "";
+}
+
+Message DeviceEvent(const std::string& device, std::string_view type,
+                    std::map<std::string, std::string> ext) {
+  Message m;
+  m.id = NewUuidV7().ToString();
+  m.source = DeviceSource(device);
+  m.type = std::string(type);
+  m.subject = device;
+  m.time = std::chrono::system_clock::now();
+  m.extensions = std::move(ext);
+  m.payload = "{}";
+  return m;
+}
+
+class DevicesMqttTest : public ::testing::Test {
+ protected:
+  DevicesMqttTest()
+      : broker_({.users = {{"relay", "relay-pw"},
+                           {"ingest", "ingest-pw"},
+                           {"d1", "d1-pw"},
+                           {"d2", "d2-pw"},
+                           {"sim-0", "sim-pw"},
+                           {"sim-1", "sim-pw"},
+                           {"sim-2", "sim-pw"},
+                           {"sim-3", "sim-pw"}},
+                 .acl = testing::DeviceAcl("relay", "ingest")}) {}
+
+  void SetUp() override {
+    ASSERT_TRUE(db_.ok());
+    ASSERT_TRUE(broker_.Start()) << broker_.error();
+    conn_ = db_.Connect();
+    // Relay: the real engine, publishing through the test publisher.
+    outbox::RelayOptions ro;
+    ro.database_url = db_.url();
+    ro.poll_interval = 50ms;
+    relay_ = std::make_unique<outbox::Relay>(
+        ro, testing::MakeDeviceTestPublisher(broker_.url(), "relay", "relay-pw"));
+    relay_thread_ = std::thread([this] { (void)relay_->Run(); });
+    // Ingest: the real consumer runtime with the device handlers.
+    auto src = std::make_unique<FakeSource>();
+    src_ = src.get();
+    consumer::ConsumerOptions co;
+    co.group = "device-ingest";
+    co.topics = {"devices"};
+    co.database_url = db_.url();
+    co.poll_timeout = 20ms;
+    co.linger = 2ms;
+    consumer_ = std::make_unique<consumer::Consumer>(co, std::move(src));
+    consumer_->SetDecoder([](const broker::ReceivedRecord& r) {
+      return DecodeMqtt5(r.key.value_or(r.topic), r.content_type, r.headers, r.payload);
+    });
+    RegisterDeviceHandlers(*consumer_, &stats_);
+    src_->Rebalance({}, {{"devices", 0}});
+    ASSERT_TRUE(consumer_->Start().ok());
+    bridge_ = std::make_unique<testing::IngestBridge>(
+        broker_.url(), "ingest", "ingest-pw",
+        [this](const std::string& topic, std::vector<std::pair<std::string, std::string>> props,
+               const std::string& payload) {
+          src_->Produce("devices", 0, payload, std::move(props), topic);
+        });
+    ASSERT_EQ(bridge_->Start(IngestTopicFilters()), "");
+  }
+
+  void TearDown() override {
+    if (relay_) relay_->Stop();
+    if (relay_thread_.joinable()) relay_thread_.join();
+    bridge_.reset();
+    if (consumer_) consumer_->Stop();
+  }
+
+  DeviceOptions Dev(const std::string& id) {
+    DeviceOptions o;
+    o.url = broker_.url();
+    o.device_id = id;
+    o.password = id + "-pw";
+    o.connect_timeout = 3000ms;
+    o.reconnect_min = 100ms;
+    o.reconnect_max = 500ms;
+    return o;
+  }
+
+  std::string Send(const std::string& device, std::chrono::milliseconds ttl = 60s,
+                   const std::string& name = "reboot") {
+    pqxx::work tx(*conn_);
+    auto sent =
+        SendCommand(tx, {.device_id = device, .name = name, .payload = "{\"arg\":1}", .ttl = ttl});
+    EXPECT_TRUE(sent.ok()) << sent.status();
+    tx.commit();
+    return sent.ok() ? sent->command_id : "";
+  }
+  int64_t Desire(const std::string& device, const std::string& json) {
+    pqxx::work tx(*conn_);
+    auto v = SetDesired(tx, device, json);
+    EXPECT_TRUE(v.ok()) << v.status();
+    tx.commit();
+    return v.ok() ? *v : -1;
+  }
+  std::string Sql(const std::string& q) { return db_.Scalar(q); }
+  std::string Status(const std::string& id) {
+    return Sql("SELECT status FROM converge.device_commands WHERE id = '" + id + "'");
+  }
+  std::string Presence(const std::string& device) {
+    return Sql(
+        "SELECT state || ' ' || connection FROM converge.device_presence WHERE device_id "
+        "= '" +
+        device + "'");
+  }
+  bool OutboxEmpty() { return db_.Count("SELECT count(*) FROM converge.outbox") == 0; }
+
+  converge::testing::TestDatabase db_;
+  PrivateMosquitto broker_;
+  std::unique_ptr<pqxx::connection> conn_;
+  std::unique_ptr<outbox::Relay> relay_;
+  std::thread relay_thread_;
+  FakeSource* src_ = nullptr;
+  DeviceIngestStats stats_;
+  std::unique_ptr<consumer::Consumer> consumer_;
+  std::unique_ptr<testing::IngestBridge> bridge_;
+};
+
+// A command handler that records what ran.
+struct Recorder {
+  std::mutex mu;
+  std::vector<Command> commands;
+  std::vector<int64_t> desired_versions;
+  CommandHandler Commands() {
+    return [this](const Command& c) {
+      std::lock_guard<std::mutex> lock(mu);
+      commands.push_back(c);
+      return c.name == "fail" ? CommandResult::Rejected("cannot") : CommandResult::Applied("ok");
+    };
+  }
+  DesiredHandler Desired() {
+    return [this](const DesiredState& d) -> Result<std::string> {
+      std::lock_guard<std::mutex> lock(mu);
+      desired_versions.push_back(d.version);
+      return d.json;
+    };
+  }
+  size_t Count() {
+    std::lock_guard<std::mutex> lock(mu);
+    return commands.size();
+  }
+  std::vector<int64_t> Versions() {
+    std::lock_guard<std::mutex> lock(mu);
+    return desired_versions;
+  }
+};
+
+TEST_F(DevicesMqttTest, CommandRoundTripCarriesCorrelationAndEndsApplied) {
+  Recorder rec;
+  DeviceClient dev(Dev("d1"));
+  dev.OnCommand(rec.Commands());
+  ASSERT_OK(dev.Start());
+  ASSERT_TRUE(WaitUntil([&] { return Presence("d1").rfind("online", 0) == 0; }));
+  const std::string ok = Send("d1"), bad = Send("d1", 60s, "fail");
+  ASSERT_TRUE(WaitUntil([&] { return Status(ok) == "applied" && Status(bad) == "rejected"; }))
+      << Status(ok) << " " << Status(bad);
+  ASSERT_EQ(rec.Count(), 2u);
+  EXPECT_EQ(rec.commands[0].id, ok);
+  EXPECT_EQ(rec.commands[0].name, "reboot");
+  EXPECT_EQ(rec.commands[0].payload, "{\"arg\":1}");
+  EXPECT_GT(rec.commands[0].expires_at, std::chrono::system_clock::now());
+  EXPECT_EQ(Sql("SELECT (received_at IS NOT NULL AND sent_at IS NOT NULL AND acked_at IS NOT NULL)"
+                "::text || ' ' || result FROM converge.device_commands WHERE id = '" +
+                bad + "'"),
+            "true cannot");
+  EXPECT_EQ(stats_.acks_ignored.load(), 0u);
+  dev.Stop();
+  ASSERT_TRUE(WaitUntil([&] { return Presence("d1").rfind("offline", 0) == 0; }));
+}
+
+TEST_F(DevicesMqttTest, DeviceOfflineThenBackGetsLatestDesiredAndEachCommandOnce) {
+  Recorder rec;
+  DeviceClient dev(Dev("d1"));  // persistent session
+  dev.OnCommand(rec.Commands());
+  dev.OnDesired(rec.Desired());
+  ASSERT_OK(dev.Start());
+  Desire("d1", "{\"target\":1}");
+  ASSERT_TRUE(WaitUntil(
+      [&] { return Sql("SELECT applied_desired_version FROM converge.device_twins") == "1"; }));
+  dev.GoOffline(OfflineMode::kGraceful);
+  ASSERT_TRUE(WaitUntil([&] { return Presence("d1").rfind("offline", 0) == 0; }));
+  Desire("d1", "{\"target\":2}");
+  Desire("d1", "{\"target\":3}");
+  const std::string c1 = Send("d1"), c2 = Send("d1");
+  ASSERT_TRUE(WaitUntil([&] { return OutboxEmpty(); }));  // published while the device is away
+  // The sweep marks them sent and, the device being offline, does not re-send.
+  DeviceSweep sweep({.command_resend_interval = 60s, .twin_resend_after = 60s});
+  auto r = sweep.RunOnce(*conn_);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->marked_sent, 2);
+  EXPECT_EQ(r->resent_commands, 0);
+  EXPECT_EQ(rec.Count(), 0u);
+
+  ASSERT_OK(dev.Reconnect());
+  ASSERT_TRUE(WaitUntil([&] {
+    return Status(c1) == "applied" && Status(c2) == "applied" &&
+           Sql("SELECT applied_desired_version || ' ' || reported::text FROM "
+               "converge.device_twins") == "3 {\"target\": 3}";
+  })) << Status(c1)
+      << " " << Status(c2) << " "
+      << Sql("SELECT applied_desired_version FROM converge.device_twins");
+  // Online again: the sweep would re-send what is still unacked (nothing is).
+  r = sweep.RunOnce(*conn_);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->unacked_commands, 0);
+  EXPECT_EQ(r->unconverged_twins, 0);
+  EXPECT_EQ(rec.Count(), 2u);
+  auto versions = rec.Versions();
+  ASSERT_FALSE(versions.empty());
+  EXPECT_EQ(versions.back(), 3);
+  EXPECT_TRUE(std::is_sorted(versions.begin(), versions.end()));  // never backwards
+  EXPECT_EQ(dev.stats().applied_desired_version, 3);
+}
+
+TEST_F(DevicesMqttTest, DuplicateCommandDeliveriesRunOnceAndAreAcknowledgedAgain) {
+  Recorder rec;
+  DeviceClient dev(Dev("d1"));
+  dev.OnCommand(rec.Commands());
+  ASSERT_OK(dev.Start());
+  const std::string id = Send("d1");
+  ASSERT_TRUE(WaitUntil([&] { return Status(id) == "applied"; }));
+  // The relay publishes the same message again (e.g. it crashed before deleting the row), and
+  // the sweep re-sends it: same message id both times.
+  {
+    pqxx::work tx(*conn_);
+    const auto exp = std::chrono::system_clock::now() + 60s;
+    outbox::OutboxMessage m{.topic = "devices/d1/commands",
+                            .key = "d1",
+                            .type = std::string(kCommandType),
+                            .payload = "{\"arg\":1}"};
+    m.headers = {{"mqtt.response_topic", "devices/d1/acks"},
+                 {"mqtt.correlation_data", id},
+                 {"device.command", "reboot"},
+                 {"device.expires_at", FormatRfc3339(exp)}};
+    m.expires_at = exp;
+    m.message_id = id;
+    ASSERT_TRUE(outbox::Enqueue(tx, m).ok());
+    tx.commit();
+  }
+  ASSERT_TRUE(WaitUntil([&] { return dev.stats().duplicate_commands == 1; }));
+  ASSERT_TRUE(WaitUntil([&] { return stats_.acks_ignored.load() >= 1; }));  // re-ack, finished
+  EXPECT_EQ(rec.Count(), 1u);
+  EXPECT_EQ(dev.stats().commands_run, 1u);
+  EXPECT_EQ(Status(id), "applied");
+}
+
+TEST_F(DevicesMqttTest, ExpiredCommandsAreNeverRunAndEndExpired) {
+  Recorder rec;
+  DeviceClient dev(Dev("d1"));
+  dev.OnCommand(rec.Commands());
+  ASSERT_OK(dev.Start());
+  dev.GoOffline(OfflineMode::kWill);
+  const std::string id = Send("d1", 2000ms);
+  ASSERT_TRUE(WaitUntil([&] { return OutboxEmpty(); }));  // queued by the broker with expiry
+  std::this_thread::sleep_for(2200ms);                    // past the message expiry (2 s)
+  DeviceSweep sweep({});
+  auto r = sweep.RunOnce(*conn_);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->expired_commands, 1);
+  ASSERT_OK(dev.Reconnect());
+  // A publisher that ignores the expiry: the device refuses the command by its header.
+  Message late = DeviceEvent("server", kCommandType, {});
+  late.source = "/test";
+  late.subject = "d1";
+  late.headers = {{"device.command", "reboot"},
+                  {"device.expires_at", FormatRfc3339(std::chrono::system_clock::now() - 1s)}};
+  ASSERT_EQ(RawPublish(broker_.url(), "relay", "relay-pw", "devices/d1/commands", late), "");
+  ASSERT_TRUE(WaitUntil([&] { return dev.stats().expired_commands == 1; }));
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(rec.Count(), 0u);
+  EXPECT_EQ(Status(id), "expired");
+}
+
+TEST_F(DevicesMqttTest, TwinConvergesAfterReconnectFromTheRetainedSnapshotOnly) {
+  Recorder rec;
+  DeviceOptions o = Dev("d2");
+  o.persistent_session = false;  // nothing queued: only the retained snapshot arrives
+  {
+    DeviceClient first(o);
+    ASSERT_OK(first.Start());
+    first.Stop(OfflineMode::kWill);
+  }
+  for (int v = 1; v <= 5; ++v) Desire("d2", "{\"v\":" + std::to_string(v) + "}");
+  ASSERT_TRUE(WaitUntil([&] { return OutboxEmpty(); }));
+  EXPECT_EQ(Sql("SELECT applied_desired_version || '/' || desired_version FROM "
+                "converge.device_twins"),
+            "0/5");
+  DeviceClient dev(o);
+  dev.OnDesired(rec.Desired());
+  ASSERT_OK(dev.Start());
+  ASSERT_TRUE(WaitUntil(
+      [&] { return Sql("SELECT applied_desired_version FROM converge.device_twins") == "5"; }));
+  EXPECT_EQ(rec.Versions(), std::vector<int64_t>{5});
+  EXPECT_EQ(Sql("SELECT reported::text FROM converge.device_twins"), "{\"v\": 5}");
+  DeviceSweep sweep({});
+  EXPECT_EQ(sweep.RunOnce(*conn_)->unconverged_twins, 0);
+}
+
+TEST_F(DevicesMqttTest, StaleWillCannotMarkAReconnectedDeviceOffline) {
+  DeviceClient dev(Dev("d1"));
+  ASSERT_OK(dev.Start());
+  const int64_t first = dev.stats().connection;
+  ASSERT_TRUE(WaitUntil([&] { return Presence("d1") == "online " + std::to_string(first); }));
+  // The connection drops: the broker publishes the last will (it carries the counter).
+  dev.GoOffline(OfflineMode::kWill);
+  ASSERT_TRUE(WaitUntil([&] { return Presence("d1") == "offline " + std::to_string(first); }))
+      << Presence("d1")
+      << " dead letters: " << Sql("SELECT string_agg(reason, '; ') FROM converge.dead_letters")
+      << "\n"
+      << broker_.ReadLog();
+  ASSERT_OK(dev.Reconnect());
+  const int64_t second = dev.stats().connection;
+  ASSERT_GT(second, first);
+  ASSERT_TRUE(WaitUntil([&] { return Presence("d1") == "online " + std::to_string(second); }));
+  // The old will delivered late (e.g. by a bridge or a slow broker): ignored.
+  Message will = DeviceEvent("d1", kPresenceType,
+                             {{"presence", "offline"}, {"connection", std::to_string(first)}});
+  const uint64_t stale_before = stats_.presence_stale.load();
+  ASSERT_EQ(RawPublish(broker_.url(), "d1", "d1-pw", "devices/d1/presence", will), "");
+  ASSERT_TRUE(WaitUntil([&] { return stats_.presence_stale.load() > stale_before; }));
+  EXPECT_EQ(Presence("d1"), "online " + std::to_string(second));
+}
+
+TEST_F(DevicesMqttTest, AclKeepsDevicesToTheirOwnTopicsAndAuthIsRequired) {
+  Message ack = DeviceEvent("d2", kAckType,
+                            {{"commandid", NewUuidV7().ToString()}, {"ackstatus", "applied"}});
+  // d1 may not publish as d2 (MQTT 5: PUBACK 0x87 not authorized).
+  EXPECT_EQ(RawPublish(broker_.url(), "d1", "d1-pw", "devices/d2/acks", ack), "rc 0 reason 135");
+  EXPECT_EQ(RawPublish(broker_.url(), "d1", "d1-pw", "devices/d2/twin/desired", ack),
+            "rc 0 reason 135");
+  // Nor pretend to be the server.
+  EXPECT_EQ(RawPublish(broker_.url(), "d1", "d1-pw", "devices/d1/commands", ack),
+            "rc 0 reason 135");
+  // Its own topic is fine.
+  EXPECT_EQ(RawPublish(broker_.url(), "d1", "d1-pw", "devices/d1/telemetry", ack), "");
+  // Wrong password: refused at connect (bad user name or password).
+  EXPECT_NE(RawPublish(broker_.url(), "d1", "wrong", "devices/d1/telemetry", ack), "");
+  DeviceOptions o = Dev("d1");
+  o.password = "wrong";
+  o.connect_timeout = 2000ms;
+  DeviceClient dev(o);
+  converge::Status st = dev.Start();
+  EXPECT_EQ(st.code(), StatusCode::kUnavailable);
+  EXPECT_NE(st.message().find("135"), std::string::npos) << st.message();
+  dev.Stop();
+}
+
+TEST_F(DevicesMqttTest, SimulatorRunsDevicesThatGoOfflineAndOnline) {
+  const std::string log = ::testing::TempDir() + "device_sim_" + std::to_string(::getpid());
+  converge::testing::ChildProcess sim;
+  ASSERT_TRUE(sim.Start(CONVERGE_DEVICE_SIM_PATH,
+                        {"--url", broker_.url(), "--devices", "4", "--prefix", "sim-", "--duration",
+                         "3", "--toggle-probability", "0.5", "--seed", "7"},
+                        {{"CONVERGE_DEVICE_PASSWORD", "sim-pw"}}, log));
+  for (int i = 0; i < 4; ++i) Send("sim-" + std::to_string(i));
+  EXPECT_EQ(sim.Wait(30s), 0);
+  std::ifstream in(log);
+  std::stringstream out;
+  out << in.rdbuf();
+  EXPECT_NE(out.str().find("seed 7"), std::string::npos) << out.str();
+  EXPECT_NE(out.str().find("summary devices=4"), std::string::npos) << out.str();
+  EXPECT_EQ(out.str().find("offline_events=0 "), std::string::npos) << out.str();
+  // Every simulated device was seen online and offline by the ingest.
+  ASSERT_TRUE(WaitUntil([&] {
+    return db_.Count(
+               "SELECT count(*) FROM converge.device_presence WHERE device_id LIKE "
+               "'sim-%' AND state = 'offline'") == 4;
+  })) << out.str();
+  // Commands sent while they ran reached the devices that were online.
+  EXPECT_GE(db_.Count("SELECT count(*) FROM converge.device_commands WHERE status = 'applied'"), 1)
+      << out.str();
+}
+
+}  // namespace
+}  // namespace converge::pubsub
