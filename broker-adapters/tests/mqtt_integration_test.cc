@@ -206,6 +206,11 @@ TEST(MqttPublisher, InvalidKeyForTemplateIsInvalidArgumentAndHoldsTheKey) {
   o.topic_template = "dev/{key}/cmd";
   auto pub = MakeMqttPublisher(o);
   ASSERT_TRUE(pub.ok());
+  Message expired = Make("c", "late", 1);
+  expired.expires_at = std::chrono::system_clock::now() - seconds(1);
+  auto late = Publish(**pub, {expired});
+  EXPECT_EQ(late[0].status.code(), StatusCode::kFailedPrecondition) << late[0].status;
+  EXPECT_NE(late[0].status.message().find("expired"), std::string::npos);
   auto results =
       Publish(**pub, {Make("c", "bad/key", 1), Make("c", "bad/key", 2), Make("c", "ok", 1)});
   EXPECT_EQ(results[0].status.code(), StatusCode::kInvalidArgument) << results[0].status;

@@ -408,6 +408,10 @@ BatchOutcome Relay::Impl::PublishRows(Target& t, const std::vector<OutboxRow>& r
         } else {
           out.retry.push_back({i, st.ToString(), t.retry_backoff.Delay(row.attempts + 1)});
         }
+      } else if (st.message().find("expired before it could be published") != std::string::npos) {
+        // Expired between the claim and the publish (MQTT message expiry): like an expired
+        // row, dead-lettered without parking the key.
+        out.dead.push_back({i, st.ToString(), "expired", false});
       } else {
         out.dead.push_back({i, st.ToString(), ErrorCodeFor(st), true});
       }

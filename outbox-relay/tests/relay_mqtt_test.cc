@@ -120,6 +120,10 @@ TEST(RelayMqtt, PublishesRowsWithTheEnvelopeInKeyOrder) {
   f.Enqueue("devices/cmd", 4, 10);
   const auto ids = f.OutboxIds();
   ASSERT_EQ(ids.size(), 40u);
+  // A row with a deadline carries it as the MQTT Message Expiry Interval.
+  const std::string expiring = f.db.Scalar(
+      "UPDATE converge.outbox SET expires_at = now() + interval '120 seconds' "
+      "WHERE key = 'd0' AND seq = 1 RETURNING message_id::text");
   Relay relay(f.Options(), f.MqttPublisher());
   for (int i = 0; i < 100 && f.Outbox() > 0; ++i) {
     auto r = relay.RunOnce();
@@ -133,6 +137,12 @@ TEST(RelayMqtt, PublishesRowsWithTheEnvelopeInKeyOrder) {
     EXPECT_EQ(r.topic, "devices/cmd/" + r.Prop("subject"));
     EXPECT_EQ(r.Prop("type"), "com.example.cmd");
     EXPECT_EQ(r.content_type, "application/json");
+    if (r.Prop("id") == expiring) {
+      EXPECT_GT(r.expiry_interval, 100);
+      EXPECT_LE(r.expiry_interval, 120);
+    } else {
+      EXPECT_EQ(r.expiry_interval, -1);
+    }
   }
   EXPECT_EQ(relay.stats().published.load(), 40u);
 }
