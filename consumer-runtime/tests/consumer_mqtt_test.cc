@@ -195,6 +195,51 @@ TEST(ConsumerMqtt, StopWithAHeldUncommittedMessageDoesNotAckIt) {
   EXPECT_EQ(c->stats().applied, 1u);
 }
 
+TEST(ConsumerMqtt, BrokerKilledAndRestartedMidStreamEveryMessageAppliedOnce) {
+  testing::TestDatabase db;
+  ASSERT_TRUE(db.ok());
+  db.Scalar("CREATE TABLE effects (message_id text NOT NULL, topic text NOT NULL)");
+  testing::MosquittoConfig cfg;
+  cfg.users = {{"consumer", "consumer-pw"}, {"device", "device-pw"}};
+  cfg.acl = "user consumer\ntopic read dev/#\nuser device\ntopic write dev/#\n";
+  // Save after every change, so what the broker acknowledged survives its kill -9.
+  cfg.extra = "autosave_on_changes true\n";
+  testing::MosquittoBroker broker(cfg);
+  ASSERT_TRUE(broker.Start()) << broker.error();
+  const std::string client = "consumer-" + NewUuidV7().ToString().substr(24);
+  auto c = MakeConsumer(db.url(), broker.url(), client);
+  ASSERT_NE(c, nullptr);
+  ASSERT_TRUE(c->Start().ok());
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        return broker.ReadLog().find("Received SUBSCRIBE from " + client) != std::string::npos;
+      },
+      seconds(10)));
+  std::this_thread::sleep_for(milliseconds(300));
+  std::vector<std::string> ids;
+  for (int i = 0; i < 30; ++i) ids.push_back(NewUuidV7().ToString());
+  for (int i = 0; i < 30; ++i) {
+    if (i == 15) {
+      broker.Kill();
+      std::this_thread::sleep_for(milliseconds(500));
+      ASSERT_TRUE(broker.Start()) << broker.error();
+    }
+    // A device retries until its broker acknowledges (same id: duplicates are deduped).
+    bool sent = false;
+    for (int attempt = 0; attempt < 50 && !sent; ++attempt) {
+      sent = PublishReading(broker, "d" + std::to_string(i % 3), ids[i]);
+      if (!sent) std::this_thread::sleep_for(milliseconds(100));
+    }
+    ASSERT_TRUE(sent) << "message " << i;
+  }
+  EXPECT_TRUE(
+      WaitUntil([&] { return db.Count("SELECT count(DISTINCT message_id) FROM effects") == 30; },
+                seconds(20)))
+      << db.Count("SELECT count(DISTINCT message_id) FROM effects") << " of 30 applied";
+  c->Stop();
+  EXPECT_EQ(db.Count("SELECT count(*) FROM effects"), 30) << "an effect applied twice";
+}
+
 }  // namespace
 }  // namespace converge::consumer
 
