@@ -572,6 +572,15 @@ TEST_F(FlowTest, StuckThingsSnapshotCountsOutboxKeysDeadLettersAndFlows) {
   db_.Scalar(
       "INSERT INTO converge.dead_letters (origin, topic, reason, error_code) VALUES "
       "('relay', 't', 'too large', 'too_large')");
+  // Device tables (migration 0004): one command still waiting for its ack, one finished; one
+  // twin whose device has not applied the latest desired state, one converged.
+  db_.Scalar(
+      "INSERT INTO converge.device_commands (id, device_id, name, status, expires_at) VALUES "
+      "(gen_random_uuid(), 'dev-1', 'reboot', 'sent', now() + interval '1 hour'), "
+      "(gen_random_uuid(), 'dev-1', 'reboot', 'applied', now() + interval '1 hour')");
+  db_.Scalar(
+      "INSERT INTO converge.device_twins (device_id, desired_version, applied_desired_version) "
+      "VALUES ('dev-1', 2, 1), ('dev-2', 1, 1)");
   db_.Scalar("UPDATE converge.flows SET deadline_at = now() - interval '1 second'");
   Reconciler r(Options());
   auto s = r.RefreshSnapshot();
@@ -585,7 +594,8 @@ TEST_F(FlowTest, StuckThingsSnapshotCountsOutboxKeysDeadLettersAndFlows) {
   EXPECT_EQ(s->flows_by_state.at("running"), 1);
   EXPECT_EQ(s->flows_by_state.at("completed"), 0);
   EXPECT_EQ(s->flows_overdue, 1);
-  EXPECT_EQ(s->unacked_device_commands, -1);  // no device tables in this schema
+  EXPECT_EQ(s->unacked_device_commands, 1);
+  EXPECT_EQ(s->unconverged_device_twins, 1);
 }
 
 // A reply consumed by the consumer runtime advances the flow in the handler's transaction: the

@@ -135,6 +135,9 @@ TEST_F(ReconcilerProcessTest, ServesStuckThingsAsMetricsAndStopsOnSigterm) {
   db_.Scalar(
       "INSERT INTO converge.dead_letters (origin, topic, reason, error_code) VALUES "
       "('relay', 't', 'too large', 'too_large'), ('relay', 't', 'x', 'too_large')");
+  db_.Scalar(
+      "INSERT INTO converge.device_commands (id, device_id, name, expires_at) VALUES "
+      "(gen_random_uuid(), 'dev-1', 'reboot', now() + interval '1 hour')");
   {
     auto c = db_.Connect();
     pqxx::work tx(*c);
@@ -161,8 +164,10 @@ TEST_F(ReconcilerProcessTest, ServesStuckThingsAsMetricsAndStopsOnSigterm) {
   EXPECT_NE(metrics.find("converge_reconciler_flows{state=\"running\"} 1"), std::string::npos)
       << metrics;
   EXPECT_NE(metrics.find("converge_reconciler_passes_total"), std::string::npos);
-  EXPECT_EQ(metrics.find("\nconverge_reconciler_unacked_device_commands "), std::string::npos)
-      << "no device tables, no device metric";
+  EXPECT_NE(metrics.find("\nconverge_reconciler_unacked_device_commands 1\n"), std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("\nconverge_reconciler_unconverged_device_twins 0\n"), std::string::npos)
+      << metrics;
   EXPECT_NE(Get(port, "/readyz").find(" 200"), std::string::npos);
   ASSERT_TRUE(p.Signal(SIGTERM));
   EXPECT_EQ(p.Wait(10000ms), 0);
