@@ -2,7 +2,8 @@
 // shared broker), PostgreSQL from CONVERGE_PG_URL (a fresh database per test):
 //   server API (SendCommand / SetDesired) -> outbox -> the real relay engine with a Paho publisher
 //   that maps the device headers (test_bridge.h) -> mosquitto -> DeviceClient -> acks, reports,
-//   presence -> IngestBridge -> the real consumer runtime -> the ingest handlers -> PostgreSQL.
+//   presence -> the MQTT source (broker-adapters) -> the real consumer runtime -> the ingest
+//   handlers -> PostgreSQL.
 #include <gtest/gtest.h>
 #include <mqtt/async_client.h>
 #include <unistd.h>
@@ -13,17 +14,17 @@
 #include <sstream>
 #include <thread>
 
+#include "converge/broker/mqtt.h"
 #include "converge/common/envelope.h"
 #include "converge/common/time_format.h"
 #include "converge/common/uuid.h"
 #include "converge/consumer/consumer.h"
-#include "converge/consumer/testing/fake_source.h"
 #include "converge/outbox/outbox.h"
 #include "converge/outbox/relay.h"
 #include "converge/pubsub/device_client.h"
 #include "converge/pubsub/devices.h"
 #include "converge/pubsub/testing/private_mosquitto.h"
-#include "converge/pubsub/testing/test_bridge.h"
+#include "converge/pubsub/testing/test_bridge.h"  // MakeDeviceTestPublisher
 #include "converge/testing/pg_fixture.h"
 #include "converge/testing/process.h"
 
@@ -37,7 +38,6 @@ using namespace std::chrono_literals;
     const converge::Status st_ = (expr); \
     ASSERT_TRUE(st_.ok()) << st_;        \
   } while (0)
-using consumer::testing::FakeSource;
 using testing::PrivateMosquitto;
 
 bool WaitUntil(const std::function<bool()>& done, std::chrono::milliseconds limit = 15s) {
@@ -117,35 +117,34 @@ class DevicesMqttTest : public ::testing::Test {
     relay_ = std::make_unique<outbox::Relay>(
         ro, testing::MakeDeviceTestPublisher(broker_.url(), "relay", "relay-pw"));
     relay_thread_ = std::thread([this] { (void)relay_->Run(); });
-    // Ingest: the real consumer runtime with the device handlers.
-    auto src = std::make_unique<FakeSource>();
-    src_ = src.get();
+    // Ingest: the real consumer runtime over the real MQTT source (PUBACK after the commit).
+    broker::MqttOptions so;
+    so.url = broker_.url();
+    so.client_id = "converge-ingest";
+    so.username = "ingest";
+    so.password = "ingest-pw";
+    so.reconnect_min = 1s;
+    so.reconnect_max = 1s;
+    auto src = broker::MakeMqttSource(so);
+    ASSERT_TRUE(src.ok()) << src.status();
     consumer::ConsumerOptions co;
     co.group = "device-ingest";
-    co.topics = {"devices"};
+    co.topics = IngestTopicFilters();
     co.database_url = db_.url();
     co.poll_timeout = 20ms;
     co.linger = 2ms;
-    consumer_ = std::make_unique<consumer::Consumer>(co, std::move(src));
-    consumer_->SetDecoder([](const broker::ReceivedRecord& r) {
-      return DecodeMqtt5(r.key.value_or(r.topic), r.content_type, r.headers, r.payload);
-    });
+    consumer_ = std::make_unique<consumer::Consumer>(co, std::move(src).value());
+    consumer_->SetDecoder(broker::DecodeMqttRecord);
     RegisterDeviceHandlers(*consumer_, &stats_);
-    src_->Rebalance({}, {{"devices", 0}});
     ASSERT_TRUE(consumer_->Start().ok());
-    bridge_ = std::make_unique<testing::IngestBridge>(
-        broker_.url(), "ingest", "ingest-pw",
-        [this](const std::string& topic, std::vector<std::pair<std::string, std::string>> props,
-               const std::string& payload) {
-          src_->Produce("devices", 0, payload, std::move(props), topic);
-        });
-    ASSERT_EQ(bridge_->Start(IngestTopicFilters()), "");
+    // The source subscribes in the background: wait until its subscription is in place (its
+    // retained-presence view of the broker is empty, so probe with the ingest counters).
+    ASSERT_TRUE(WaitUntil([&] { return IngestReady(); }, 10s));
   }
 
   void TearDown() override {
     if (relay_) relay_->Stop();
     if (relay_thread_.joinable()) relay_thread_.join();
-    bridge_.reset();
     if (consumer_) consumer_->Stop();
   }
 
@@ -186,6 +185,15 @@ class DevicesMqttTest : public ::testing::Test {
         "= '" +
         device + "'");
   }
+  // Publishes a presence message for the probe device "d2" until the ingest has applied one.
+  bool IngestReady() {
+    if (stats_.presence_applied.load() + stats_.presence_stale.load() > probes_seen_) return true;
+    Message probe =
+        DeviceEvent("d2", kPresenceType, {{"presence", "offline"}, {"connection", "0"}});
+    (void)RawPublish(broker_.url(), "d2", "d2-pw", "devices/d2/presence", probe);
+    std::this_thread::sleep_for(200ms);
+    return stats_.presence_applied.load() + stats_.presence_stale.load() > probes_seen_;
+  }
   bool OutboxEmpty() { return db_.Count("SELECT count(*) FROM converge.outbox") == 0; }
 
   converge::testing::TestDatabase db_;
@@ -193,10 +201,9 @@ class DevicesMqttTest : public ::testing::Test {
   std::unique_ptr<pqxx::connection> conn_;
   std::unique_ptr<outbox::Relay> relay_;
   std::thread relay_thread_;
-  FakeSource* src_ = nullptr;
   DeviceIngestStats stats_;
+  uint64_t probes_seen_ = 0;
   std::unique_ptr<consumer::Consumer> consumer_;
-  std::unique_ptr<testing::IngestBridge> bridge_;
 };
 
 // A command handler that records what ran.

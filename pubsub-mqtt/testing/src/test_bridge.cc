@@ -3,8 +3,6 @@
 #include <mqtt/async_client.h>
 #include <unistd.h>
 
-#include <atomic>
-
 #include "converge/common/envelope.h"
 #include "converge/pubsub/protocol.h"
 
@@ -124,66 +122,6 @@ std::unique_ptr<broker::Publisher> MakeDeviceTestPublisher(const std::string& ur
                                                            const std::string& username,
                                                            const std::string& password) {
   return std::make_unique<DeviceTestPublisher>(url, username, password);
-}
-
-struct IngestBridge::Impl {
-  Impl(const std::string& url, std::string u, std::string p, Sink s)
-      : cli(url, "converge-test-ingest-" + std::to_string(::getpid()),
-            ::mqtt::create_options(MQTTVERSION_5), nullptr),
-        user(std::move(u)),
-        pw(std::move(p)),
-        sink(std::move(s)) {}
-  ::mqtt::async_client cli;
-  std::string user, pw;
-  Sink sink;
-  std::vector<std::string> filters;
-  std::atomic<bool> started{false};
-};
-
-IngestBridge::IngestBridge(std::string url, std::string username, std::string password, Sink sink)
-    : impl_(
-          std::make_unique<Impl>(url, std::move(username), std::move(password), std::move(sink))) {}
-
-IngestBridge::~IngestBridge() {
-  try {
-    if (impl_->cli.is_connected()) impl_->cli.disconnect()->wait_for(std::chrono::seconds(1));
-  } catch (const ::mqtt::exception&) {
-  }
-}
-
-std::string IngestBridge::Start(const std::vector<std::string>& filters) {
-  Impl* impl = impl_.get();
-  impl->filters = filters;
-  impl->cli.set_message_callback([impl](::mqtt::const_message_ptr m) {
-    std::vector<std::pair<std::string, std::string>> user;
-    const auto& props = m->get_properties();
-    const size_t n = props.count(::mqtt::property::USER_PROPERTY);
-    for (size_t i = 0; i < n; ++i) {
-      auto kv = ::mqtt::get<::mqtt::string_pair>(props, ::mqtt::property::USER_PROPERTY, i);
-      user.emplace_back(std::get<0>(kv), std::get<1>(kv));
-    }
-    impl->sink(m->get_topic(), std::move(user), m->get_payload_str());
-  });
-  // Resubscribe after every (automatic) reconnect; never wait inside the handler.
-  impl->cli.set_connected_handler([impl](const std::string&) {
-    if (!impl->started.load()) return;  // Start() subscribes the first time itself
-    try {
-      impl->cli.subscribe(::mqtt::string_collection::create(impl->filters),
-                          std::vector<int>(impl->filters.size(), 1));
-    } catch (const ::mqtt::exception&) {
-    }
-  });
-  try {
-    ::mqtt::connect_options opts = Options(impl->user, impl->pw);
-    if (!impl->cli.connect(opts)->wait_for(std::chrono::seconds(5))) return "connect timeout";
-    auto sub = impl->cli.subscribe(::mqtt::string_collection::create(impl->filters),
-                                   std::vector<int>(impl->filters.size(), 1));
-    if (!sub->wait_for(std::chrono::seconds(5))) return "subscribe timeout";
-    impl->started.store(true);
-  } catch (const ::mqtt::exception& e) {
-    return "connect failed: " + Describe(e);
-  }
-  return "";
 }
 
 }  // namespace converge::pubsub::testing
