@@ -126,6 +126,8 @@ struct Target {
   int breaker_failures = 0;  // consecutive batches with no success
   int breaker_opens = 0;
   std::chrono::steady_clock::time_point breaker_until{};
+  std::atomic<bool> breaker_open{false};  // mirrors breaker_until for other threads
+  std::string name;                       // publisher->Name(), fixed at construction
   double tokens = 0;
   std::chrono::steady_clock::time_point tokens_at{};
 };
@@ -163,6 +165,11 @@ class Relay::Impl {
 
   RelayStats stats_;
   const std::string& instance_id() const { return instance_id_; }
+  std::vector<std::pair<std::string, bool>> TargetBreakers() const {
+    std::vector<std::pair<std::string, bool>> out;
+    for (const auto& t : targets_) out.emplace_back(t->name, t->breaker_open.load());
+    return out;
+  }
 
  private:
   Status BuildTargets(std::vector<RelayTarget> targets);
@@ -229,6 +236,7 @@ Status Relay::Impl::BuildTargets(std::vector<RelayTarget> targets) {
         "filters)");
   for (size_t i = 0; i < targets.size(); ++i) {
     auto t = std::make_unique<Target>(std::move(targets[i].publisher), options_, instance_id_);
+    t->name = t->publisher->Name();
     t->filter.include = regexes[i];
     // A topic belongs to the first explicit target that matches it, else to the catch-all.
     for (size_t j = 0; j < targets.size(); ++j) {
@@ -483,6 +491,7 @@ Result<size_t> Relay::Impl::RunTarget(Target& t) {
     t.breaker_until = {};
     t.breaker_opens = 0;
     t.breaker_failures = 0;
+    t.breaker_open.store(false);
     stats_.breaker_open.fetch_sub(1);
   }
   // From the claim to the completion this target has a batch in flight: no slot is given back
@@ -527,6 +536,7 @@ Result<size_t> Relay::Impl::RunTarget(Target& t) {
     if (++t.breaker_failures >= options_.breaker_failures &&
         t.breaker_until == std::chrono::steady_clock::time_point{}) {
       t.breaker_until = clock_->Monotonic() + t.breaker_backoff.Delay(++t.breaker_opens);
+      t.breaker_open.store(true);
       stats_.breaker_open.fetch_add(1);
       log_.Log(Level::kError, "broker unreachable; circuit breaker open",
                {{"broker", t.publisher->Name()}, {"failed_batches", t.breaker_failures}});
@@ -660,6 +670,9 @@ Status Relay::Run() { return impl_->Run(); }
 void Relay::Stop() { impl_->Stop(); }
 Result<size_t> Relay::RunOnce() { return impl_->RunOnce(); }
 const RelayStats& Relay::stats() const { return impl_->stats_; }
+std::vector<std::pair<std::string, bool>> Relay::TargetBreakers() const {
+  return impl_->TargetBreakers();
+}
 const std::string& Relay::instance_id() const { return impl_->instance_id(); }
 
 }  // namespace converge::outbox

@@ -255,6 +255,10 @@ TEST(RelayMqtt, BulkheadHungMqttBrokerDoesNotSlowKafka) {
     for (const auto& [k, v] : r.headers)
       if (k == "ce_id") kids.insert(v);
   EXPECT_EQ(kids.size(), 21u);
+  auto breakers = relay.TargetBreakers();
+  ASSERT_EQ(breakers.size(), 2u);
+  EXPECT_EQ(breakers[0].first, "mqtt");
+  EXPECT_EQ(breakers[1].first, "kafka");
 }
 
 TEST(RelayMqtt, TopicFiltersBecomeAnchoredRegexes) {

@@ -117,6 +117,8 @@ TEST(RelayProcessTest, PublishesServesMetricsAndDrainsOnSigterm) {
   EXPECT_NE(metrics.find("converge_relay_owned_slots 256"), std::string::npos) << metrics;
   EXPECT_NE(metrics.find("converge_relay_commit_to_confirm_seconds_count 50"), std::string::npos)
       << metrics;
+  EXPECT_NE(metrics.find("converge_relay_circuit_open{target=\"kafka\"} 0"), std::string::npos)
+      << metrics;
   EXPECT_NE(Get(port, "/healthz").find(" 200"), std::string::npos);
   EXPECT_NE(Get(port, "/readyz").find(" 200"), std::string::npos);
 

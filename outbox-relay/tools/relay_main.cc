@@ -177,8 +177,14 @@ Status RegisterMetrics(metrics::Registry& reg, const outbox::Relay& relay) {
   CONVERGE_RETURN_IF_ERROR(gauge("converge_outbox_oldest_unpublished_seconds",
                                  "Age of the oldest row still in the outbox", st.oldest_age_ms,
                                  0.001));
-  CONVERGE_RETURN_IF_ERROR(gauge("converge_relay_circuit_open",
-                                 "1 while the broker circuit breaker is open", st.breaker_open));
+  CONVERGE_RETURN_IF_ERROR(reg.AddCallback("converge_relay_circuit_open",
+                                           "1 while the target's circuit breaker is open",
+                                           metrics::MetricType::kGauge, {"target"}, [&relay] {
+                                             std::vector<metrics::Sample> out;
+                                             for (const auto& [name, open] : relay.TargetBreakers())
+                                               out.push_back({{name}, open ? 1.0 : 0.0});
+                                             return out;
+                                           }));
   return Status::Ok();
 }
 

@@ -28,6 +28,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "converge/broker/publisher.h"
@@ -143,6 +144,9 @@ class Relay {
   Result<size_t> RunOnce();
 
   const RelayStats& stats() const;
+  // Per target, in constructor order: its publisher's Name() and whether its circuit breaker
+  // is open now. Safe from any thread (for metrics).
+  std::vector<std::pair<std::string, bool>> TargetBreakers() const;
   const std::string& instance_id() const;
 
  private:
