@@ -216,6 +216,7 @@ Status Reconciler::Run() {
   auto last_snapshot = std::chrono::steady_clock::time_point{};
   bool snapshot_taken = false;
   while (!impl_->stop.load()) {
+    if (options_.on_cycle) options_.on_cycle();
     auto scan = ScanOnce();
     if (!scan.ok()) {
       if (scan.status().code() == StatusCode::kFailedPrecondition) {

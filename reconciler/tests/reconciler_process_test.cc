@@ -169,6 +169,7 @@ TEST_F(ReconcilerProcessTest, ServesStuckThingsAsMetricsAndStopsOnSigterm) {
   EXPECT_NE(metrics.find("\nconverge_reconciler_unconverged_device_twins 0\n"), std::string::npos)
       << metrics;
   EXPECT_NE(Get(port, "/readyz").find(" 200"), std::string::npos);
+  EXPECT_NE(Get(port, "/healthz").find(" 200"), std::string::npos);
   ASSERT_TRUE(p.Signal(SIGTERM));
   EXPECT_EQ(p.Wait(10000ms), 0);
   EXPECT_EQ(Get(port, "/metrics"), "");

@@ -187,6 +187,10 @@ int Main(int argc, char** argv) {
   sigaddset(&set, SIGINT);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
 
+  // Liveness: the main loop beats once per pass; a loop stuck for a minute beyond its poll
+  // interval (a hung statement, a deadlocked thread) fails /healthz so it gets restarted.
+  Heartbeat heartbeat(SystemClock::Instance(), std::chrono::seconds(60) + ro.poll_interval);
+  ro.on_cycle = [&heartbeat] { heartbeat.Beat(); };
   reconciler::Reconciler rec(ro);
   metrics::Registry registry;
   if (Status st = RegisterMetrics(registry, rec); !st.ok()) {
@@ -198,6 +202,7 @@ int Main(int argc, char** argv) {
     MetricsServerOptions mo;
     mo.host = cfg.Get(k.metrics_host);
     mo.port = static_cast<uint16_t>(cfg.Get(k.metrics_port));
+    mo.liveness = [&heartbeat] { return heartbeat.Check(); };
     mo.readiness = [&rec]() -> Status {
       if (rec.stats().ready.load() == 0) return Status::Unavailable("not connected to PostgreSQL");
       return Status::Ok();

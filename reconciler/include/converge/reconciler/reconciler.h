@@ -17,6 +17,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -41,6 +42,9 @@ struct ReconcilerOptions {
   std::chrono::milliseconds outbox_age_threshold{300000};
   // Delay between reconnect attempts after the database connection was lost.
   std::chrono::milliseconds reconnect_interval{1000};
+  // Called once per loop iteration of Run() (also while the database is unreachable), for a
+  // liveness heartbeat. Optional; must be quick and thread-safe.
+  std::function<void()> on_cycle;
 
   // Names the first bad field.
   Status Validate() const;
