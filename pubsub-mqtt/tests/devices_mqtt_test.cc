@@ -481,5 +481,34 @@ TEST_F(DevicesMqttTest, SimulatorRunsDevicesThatGoOfflineAndOnline) {
       << out.str();
 }
 
+// TLS: a device connects over ssl:// with the CA that signed the broker's certificate (host
+// name checked against the certificate's 127.0.0.1) and is refused with an unrelated CA.
+TEST(DevicesTlsTest, DeviceConnectsOverTlsWithTheRightCaOnly) {
+  PrivateMosquitto broker({.users = {{"d1", "d1-pw"}},
+                           .acl = testing::DeviceAcl("relay", "ingest"),
+                           .persistence = false,
+                           .tls = true});
+  ASSERT_TRUE(broker.Start()) << broker.error();
+  DeviceOptions o;
+  o.url = broker.tls_url();
+  o.device_id = "d1";
+  o.password = "d1-pw";
+  o.connect_timeout = 4000ms;
+  o.tls.ca_file = broker.ca_file();
+  {
+    DeviceClient dev(o);
+    ASSERT_OK(dev.Start());
+    EXPECT_TRUE(dev.stats().connected);
+    EXPECT_TRUE(dev.PublishTelemetry("{\"t\":1}").ok());
+    dev.Stop();
+  }
+  o.tls.ca_file = broker.other_ca_file();
+  o.connect_timeout = 1500ms;
+  DeviceClient wrong(o);
+  EXPECT_EQ(wrong.Start().code(), StatusCode::kUnavailable);
+  EXPECT_EQ(wrong.stats().connects, 0u);
+  wrong.Stop();
+}
+
 }  // namespace
 }  // namespace converge::pubsub

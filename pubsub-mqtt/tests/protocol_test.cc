@@ -1,6 +1,7 @@
 // Unit tests of the device protocol helpers and the strict JSON check (no services).
 #include <gtest/gtest.h>
 
+#include "converge/pubsub/device_client.h"
 #include "converge/pubsub/protocol.h"
 #include "json_check.h"
 
@@ -69,6 +70,35 @@ TEST(JsonCheckTest, RejectsWhatJsonbWouldRefuse) {
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("desired state is not valid JSON object"), std::string::npos)
       << st.message();
+}
+
+}  // namespace
+}  // namespace converge::pubsub
+
+namespace converge::pubsub {
+namespace {
+
+TEST(DeviceOptionsTest, ValidateNamesTheBadField) {
+  DeviceOptions o;
+  o.url = "tcp://127.0.0.1:1883";
+  o.device_id = "d1";
+  EXPECT_TRUE(o.Validate().ok());
+  auto bad = [](DeviceOptions x) { return x.Validate().message(); };
+  DeviceOptions u = o;
+  u.url = "http://x";
+  EXPECT_NE(bad(u).find("device.url"), std::string::npos);
+  DeviceOptions d = o;
+  d.device_id = "a/b";
+  EXPECT_NE(bad(d).find("device.device_id"), std::string::npos);
+  DeviceOptions r = o;
+  r.reconnect_max = std::chrono::milliseconds(1);
+  EXPECT_NE(bad(r).find("device.reconnect_min"), std::string::npos);
+  DeviceOptions c = o;
+  c.dedupe_capacity = 0;
+  EXPECT_NE(bad(c).find("device.dedupe_capacity"), std::string::npos);
+  // Start refuses bad options before touching the network.
+  DeviceClient client(u);
+  EXPECT_EQ(client.Start().code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -120,10 +120,44 @@ bool PrivateMosquitto::WriteFiles() {
     std::ofstream(dir_ + "/acl") << config_.acl;
     conf << "acl_file " << dir_ << "/acl\n";
   }
+  if (config_.tls) {
+    tls_port_ = FreePort();
+    if (tls_port_ == 0 || tls_port_ == port_ || !MakeCertificates()) {
+      if (error_.empty()) error_ = "no free port for the TLS listener";
+      return false;
+    }
+    conf << "listener " << tls_port_ << " 127.0.0.1\ncafile " << dir_ << "/ca.crt\ncertfile "
+         << dir_ << "/server.crt\nkeyfile " << dir_ << "/server.key\n";
+  }
   if (config_.persistence)
     conf << "persistence true\npersistence_location " << dir_ << "/data/\nautosave_interval 1\n";
   conf << "log_dest file " << dir_ << "/broker.log\nlog_type all\n" << config_.extra << "\n";
   std::ofstream(dir_ + "/mosquitto.conf") << conf.str();
+  return true;
+}
+
+bool PrivateMosquitto::MakeCertificates() {
+  const std::string d = dir_ + "/";
+  std::ofstream(d + "san.cnf") << "subjectAltName=IP:127.0.0.1\n";
+  const std::vector<std::vector<std::string>> steps = {
+      {"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+       "-nodes", "-keyout", d + "ca.key", "-out", d + "ca.crt", "-days", "2", "-subj",
+       "/CN=converge-test-ca"},
+      {"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+       "-nodes", "-keyout", d + "other-ca.key", "-out", d + "other-ca.crt", "-days", "2", "-subj",
+       "/CN=converge-other-ca"},
+      {"openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+       "-keyout", d + "server.key", "-out", d + "server.csr", "-subj", "/CN=127.0.0.1"},
+      {"openssl", "x509", "-req", "-in", d + "server.csr", "-CA", d + "ca.crt", "-CAkey",
+       d + "ca.key", "-CAcreateserial", "-out", d + "server.crt", "-days", "2", "-extfile",
+       d + "san.cnf"},
+  };
+  for (const auto& argv : steps) {
+    if (RunQuiet(argv) != 0) {
+      error_ = "openssl failed: " + argv[1] + " " + argv.back();
+      return false;
+    }
+  }
   return true;
 }
 

@@ -25,6 +25,9 @@ struct PrivateMosquittoConfig {
   std::string acl;  // acl_file contents
   bool persistence = true;
   std::string extra;  // more mosquitto.conf lines
+  // Also a TLS listener on a second loopback port, with a CA and a server certificate for
+  // 127.0.0.1 made by the openssl CLI (ca_file(), tls_url()); other_ca_file() is an unrelated CA.
+  bool tls = false;
 };
 
 // The ACL of pubsub-mqtt/examples/acl.example for a server user that publishes to devices
@@ -44,14 +47,19 @@ class PrivateMosquitto {
   void Kill();  // SIGKILL and reap
   std::string url() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
   int port() const { return port_; }
+  std::string tls_url() const { return "ssl://127.0.0.1:" + std::to_string(tls_port_); }
+  std::string ca_file() const { return dir_ + "/ca.crt"; }
+  std::string other_ca_file() const { return dir_ + "/other-ca.crt"; }
   std::string ReadLog() const;
   const std::string& error() const { return error_; }
 
  private:
   bool WriteFiles();
+  bool MakeCertificates();
   PrivateMosquittoConfig config_;
   std::string dir_;
   int port_ = 0;
+  int tls_port_ = 0;
   pid_t pid_ = -1;
   std::string error_;
 };
