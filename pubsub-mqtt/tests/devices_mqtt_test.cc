@@ -134,8 +134,19 @@ class DevicesMqttTest : public ::testing::Test {
     outbox::RelayOptions ro;
     ro.database_url = db_.url();
     ro.poll_interval = 50ms;
-    relay_ = std::make_unique<outbox::Relay>(
-        ro, testing::MakeDeviceTestPublisher(broker_.url(), "relay", "relay-pw"));
+    std::unique_ptr<broker::Publisher> publisher;
+    if (UseRelayMqttPublisher()) {
+      broker::MqttOptions po;
+      po.url = broker_.url();
+      po.username = "relay";
+      po.password = "relay-pw";
+      auto made = broker::MakeMqttPublisher(po);
+      ASSERT_TRUE(made.ok()) << made.status();
+      publisher = std::move(made).value();
+    } else {
+      publisher = testing::MakeDeviceTestPublisher(broker_.url(), "relay", "relay-pw");
+    }
+    relay_ = std::make_unique<outbox::Relay>(ro, std::move(publisher));
     relay_thread_ = std::thread([this] { (void)relay_->Run(); });
     // Ingest: the real consumer runtime over the real MQTT source (PUBACK after the commit).
     broker::MqttOptions so;
@@ -161,6 +172,9 @@ class DevicesMqttTest : public ::testing::Test {
     // retained-presence view of the broker is empty, so probe with the ingest counters).
     ASSERT_TRUE(WaitUntil([&] { return IngestReady(); }, 10s));
   }
+
+  // The relay's own MQTT publisher (broker-adapters) instead of the test publisher.
+  virtual bool UseRelayMqttPublisher() const { return false; }
 
   void TearDown() override {
     if (relay_) relay_->Stop();
@@ -479,6 +493,28 @@ TEST_F(DevicesMqttTest, SimulatorRunsDevicesThatGoOfflineAndOnline) {
   // Commands sent while they ran reached the devices that were online.
   EXPECT_GE(db_.Count("SELECT count(*) FROM converge.device_commands WHERE status = 'applied'"), 1)
       << out.str();
+}
+
+// With the relay's own MqttPublisher, which does not map the mqtt.* headers yet: the device
+// falls back to the user properties for the response topic and correlation data, so commands
+// work today (the desired state is not retained until the publisher maps mqtt.retain).
+class DevicesRelayPublisherTest : public DevicesMqttTest {
+ protected:
+  bool UseRelayMqttPublisher() const override { return true; }
+};
+
+TEST_F(DevicesRelayPublisherTest, CommandsWorkThroughHeaderFallback) {
+  Recorder rec;
+  DeviceClient dev(Dev("d1"));
+  dev.OnCommand(rec.Commands());
+  ASSERT_OK(dev.Start());
+  const std::string id = Send("d1");
+  Desire("d1", "{\"v\":1}");
+  ASSERT_TRUE(WaitUntil([&] {
+    return Status(id) == "applied" &&
+           Sql("SELECT applied_desired_version FROM converge.device_twins") == "1";
+  })) << Status(id);
+  EXPECT_EQ(rec.Count(), 1u);
 }
 
 // TLS: a device connects over ssl:// with the CA that signed the broker's certificate (host
