@@ -19,7 +19,8 @@ for field in relay_kafka_vs_claim_delete relay_kafka_vs_naive relay_mqtt_vs_paho
   grep -q "\"$field\": " "$out/result.json" || { echo "FAIL: field $field missing" >&2; fail=1; }
 done
 # Every ratio that can be measured here must be a positive number.
-for field in relay_kafka_vs_claim_delete relay_kafka_vs_naive consumer_batched_vs_ceiling \
+for field in relay_kafka_vs_claim_delete relay_kafka_vs_naive relay_mqtt_vs_paho \
+             consumer_batched_vs_ceiling \
              consumer_single_vs_ceiling e2e_p99_ms_at_1000 relay_rss_mb; do
   grep -Eq "\"$field\": [0-9]+\.[0-9]+" "$out/result.json" ||
     { echo "FAIL: $field is not a number" >&2; fail=1; }

@@ -45,12 +45,14 @@ struct RelayResult {
   double hwm_mb = 0;             // VmHWM at the end of the drain (first relay)
   double idle_cpu_percent = -1;  // utime+stime over idle_seconds with an empty outbox, % of a core
 };
-// Starts `relays` converge-relay processes, waits until they share the 256 slots, fills the
-// outbox with `rows` rows in one transaction and times the drain. Then, when idle_seconds > 0,
-// measures the first relay's CPU use with nothing to do.
+// Starts `relays` converge-relay processes (with `extra_args`, e.g. --relay.target=mqtt), waits
+// until they share the 256 slots, fills the outbox with `rows` rows in one transaction and
+// times the drain. Then, when idle_seconds > 0, measures the first relay's CPU use with nothing
+// to do.
 RelayResult MeasureRelay(const BenchDatabase& db, const std::string& relay_bin,
                          const std::string& brokers, const std::string& topic, long rows,
-                         int relays, double idle_seconds, const std::string& log_path);
+                         int relays, double idle_seconds, const std::string& log_path,
+                         const std::vector<std::string>& extra_args = {});
 
 // converge::broker's Kafka publisher alone (what the relay uses), PublishBatch calls of
 // `batch` messages, no database: the broker side of the relay's cycle. Rows per second.

@@ -26,7 +26,8 @@ bool SlotsBalanced(pqxx::connection& conn, int relays) {
 
 RelayResult MeasureRelay(const BenchDatabase& db, const std::string& relay_bin,
                          const std::string& brokers, const std::string& topic, long rows,
-                         int relays, double idle_seconds, const std::string& log_path) {
+                         int relays, double idle_seconds, const std::string& log_path,
+                         const std::vector<std::string>& extra_args) {
   db.Exec("TRUNCATE converge.outbox, converge.outbox_keys, converge.outbox_blocked_keys");
   auto conn = db.Connect();
   std::vector<std::unique_ptr<Child>> children;
@@ -36,6 +37,7 @@ RelayResult MeasureRelay(const BenchDatabase& db, const std::string& relay_bin,
         "--relay.instance_id=bench-" + topic + "-" + std::to_string(i)};
     // Several relays: renew every second so that the slots are shared out quickly.
     if (relays > 1) args.push_back("--relay.lease_renew_interval=1s");
+    args.insert(args.end(), extra_args.begin(), extra_args.end());
     children.push_back(std::make_unique<Child>(
         relay_bin, args,
         std::map<std::string, std::string>{{"CONVERGE_PG_URL", db.url()},
