@@ -8,7 +8,8 @@
 #   CONVERGE_SEED=123 scripts/soak.sh -R PostgresImmediateRestart     replay one run
 #
 # Sizes (environment): CONVERGE_ROBUST_MESSAGES (default 100000), CONVERGE_ROBUST_FAULTS
-# (default 50), CONVERGE_ROBUST_RATE (messages/s the writers aim for, default 1000). The build
+# (default 50), CONVERGE_ROBUST_RATE (messages/s the writers aim for, default 400),
+# CONVERGE_ROBUST_PARTITIONS (topic partitions, default 16). The build
 # goes to $CONVERGE_BUILD_DIR (default build/); results files to
 # <build>/robustness-results/<scenario>.result, process logs next to them in logs/.
 # Exits non-zero when a scenario fails. Services this script started are stopped on exit.
@@ -28,7 +29,9 @@ done
 
 export CONVERGE_ROBUST_MESSAGES="${CONVERGE_ROBUST_MESSAGES:-100000}"
 export CONVERGE_ROBUST_FAULTS="${CONVERGE_ROBUST_FAULTS:-50}"
-export CONVERGE_ROBUST_RATE="${CONVERGE_ROBUST_RATE:-1000}"
+export CONVERGE_ROBUST_RATE="${CONVERGE_ROBUST_RATE:-400}"
+# librdkafka's mock keeps 5 MiB per partition: 16 partitions keep a backlog of 100k retained.
+export CONVERGE_ROBUST_PARTITIONS="${CONVERGE_ROBUST_PARTITIONS:-16}"
 
 build_dir="$CONVERGE_BUILD_DIR"
 ensure_packages

@@ -74,6 +74,11 @@ if [[ -z "$label" || "$label" == robustness ]]; then
   if ctest --test-dir "$build_dir" -N -L robustness | grep -q 'Total Tests: [1-9]'; then
     log "ctest -L robustness"
     ctest "${ctest_args[@]}" -L robustness -j1 || rc=1
+    # The robustness scenarios' table and "N passed, N failed" (docs/reliability.md).
+    summary="$build_dir/tests/robustness/robustness_summary"
+    if [[ -x "$summary" && -d "$build_dir/robustness-results" ]]; then
+      "$summary" "$build_dir/robustness-results" || rc=1
+    fi
   fi
 fi
 if [[ ( -z "$label" && -z "$regex" && -z "$sanitize" ) || "$label" == fuzz ]]; then

@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -60,7 +61,11 @@ class Pipeline : public ::testing::Test {
       ep_.db_url = shared_db_->url();
     }
     ASSERT_TRUE(InstallHarnessSchema(ep_.db_url).ok());
-    ASSERT_TRUE(kafka_.Start({"--topic", ep_.topic + ":4"})) << kafka_.error();
+    // The mock keeps 5 MiB per partition: more partitions keep a soak run's backlog retained.
+    const char* partitions = std::getenv("CONVERGE_ROBUST_PARTITIONS");
+    const std::string topic_arg =
+        ep_.topic + ":" + (partitions != nullptr && *partitions != '\0' ? partitions : "4");
+    ASSERT_TRUE(kafka_.Start({"--topic", topic_arg})) << kafka_.error();
     ep_.brokers = kafka_.bootstrap_servers();
     relay_ = StartRelay(ep_, "relay");
     consumer_ = StartConsumer(ep_, "consumer");
@@ -132,14 +137,19 @@ class Pipeline : public ::testing::Test {
     const bool wrote_all = workload.Wait(milliseconds(1));
     Phase("workload done; healed, draining");
     EnsureRunning();
-    history_.recovery_ms = WaitSettled(ep_.db_url, ep_.group, milliseconds(180000));
+    // 180 s, or 10 ms per message for soak sizes.
+    const milliseconds drain_budget(std::max<int64_t>(180000, int64_t{scale_.messages} * 10));
+    history_.recovery_ms = WaitSettled(ep_.db_url, ep_.group, drain_budget);
     if (history_.recovery_ms < 0) history_.unseen = Unsettled(ep_.db_url, ep_.group);
     Phase("settled after " + std::to_string(history_.recovery_ms) + " ms; stopping");
     // A clean stop drains and exits 0.
     relay_.Signal(SIGTERM);
     consumer_.Signal(SIGTERM);
+    for (ChildProcess* p : extra_consumers_) p->Signal(SIGTERM);
     const int relay_rc = relay_.Wait(milliseconds(30000));
-    const int consumer_rc = consumer_.Wait(milliseconds(30000));
+    int consumer_rc = consumer_.Wait(milliseconds(30000));
+    for (ChildProcess* p : extra_consumers_)
+      if (const int rc = p->Wait(milliseconds(30000)); rc != 0) consumer_rc = rc;
     Phase("stopped; checking");
     check.db_url = ep_.db_url;
     check.group = ep_.group;
@@ -227,6 +237,7 @@ class Pipeline : public ::testing::Test {
   ChildProcess consumer_;
   FaultLog faults_;
   steady_clock::time_point start_;
+  std::vector<ChildProcess*> extra_consumers_;  // more group members, stopped by Finish()
   int restarts_ = 0;
   int unexpected_exits_ = 0;
   int allowed_unexpected_exits_ = 0;
@@ -424,6 +435,31 @@ TEST_F(Pipeline, VisibilityGap) {
                 .as<size_t>(),
             late_ids.size())
       << "rows committed late must all be applied";
+}
+
+// Two consumers in the group; one is paused (SIGSTOP) longer than the group session (3 s), so
+// the other takes its partitions over, and then resumed (SIGCONT) as a zombie that may still
+// hold polled records. Fencing by (owner, epoch) must drop them: nothing applied twice, no
+// stored offset moves back.
+TEST_F(Pipeline, ConsumerPauseZombie) {
+  SetUpPipeline("consumer_pause", Database::kShared, ReadScale("consumer_pause", 8000, 5, 400));
+  ASSERT_FALSE(HasFatalFailure());
+  ChildProcess second = StartConsumer(ep_, "consumer-b");
+  extra_consumers_.push_back(&second);
+  Workload w(DefaultWorkload());
+  w.Start();
+  RunFaults([&](int i) {
+    ChildProcess& victim = i % 2 == 0 ? consumer_ : second;
+    WaitForProgress(1 + static_cast<int64_t>(rng_() % 200));
+    ASSERT_TRUE(victim.Signal(SIGSTOP));
+    // Past the session timeout, below the runtime's transaction_idle_timeout (10 s).
+    const auto hold = milliseconds(4000 + rng_() % 3000);
+    faults_.Add(std::string(i % 2 == 0 ? "consumer" : "consumer-b") + " SIGSTOP for " +
+                std::to_string(hold.count()) + " ms");
+    SupervisedSleep(hold);
+    ASSERT_TRUE(victim.Signal(SIGCONT));
+  });
+  Finish(w);
 }
 
 // The broker refuses produce requests for good (MSG_SIZE_TOO_LARGE): the relay dead-letters
