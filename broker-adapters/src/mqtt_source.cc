@@ -25,9 +25,14 @@
 // its own connection: it opens a second, raw MQTT 5 connection with the same client id (clean
 // start = false, same session expiry), which makes the broker close Paho's connection and keep
 // the session, then returns from the callback; the PUBACK hits a closed connection and the broker
-// redelivers the message on the next connect. Plain TCP only: with TLS the held callback is left
-// parked and the client is leaked (the message is redelivered once the process exits).
+// redelivers the message on the next connect. Over TLS the raw connection uses OpenSSL with the
+// same CA, client certificate and host-name check as Paho. If the kick fails (broker down), the
+// held callback is left parked and the client is leaked: the message stays unacknowledged and is
+// redelivered once the process exits.
+#include <arpa/inet.h>
 #include <netdb.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -65,32 +70,112 @@ void PutVarint(std::string& out, size_t v) {
   } while (v > 0);
 }
 
+// A blocking stream to the broker: plain TCP or TLS (OpenSSL, verified like Paho's connection:
+// the CA file, or the system's trust store, and the host name when verify_hostname is on).
+class KickStream {
+ public:
+  ~KickStream() {
+    if (ssl_) {
+      SSL_shutdown(ssl_);
+      SSL_free(ssl_);
+    }
+    if (ctx_) SSL_CTX_free(ctx_);
+    if (fd_ >= 0) ::close(fd_);
+  }
+
+  Status Open(const MqttOptions& o) {
+    std::string hostport;
+    bool tls = false;
+    for (const char* scheme : {"tcp://", "mqtt://", "ssl://", "mqtts://"}) {
+      if (o.url.rfind(scheme, 0) == 0) {
+        hostport = o.url.substr(std::string(scheme).size());
+        tls = scheme[0] == 's' || std::string(scheme) == "mqtts://";
+      }
+    }
+    if (hostport.empty()) return Status::InvalidArgument("kick: unsupported url");
+    const auto colon = hostport.rfind(':');
+    const std::string host = colon == std::string::npos ? hostport : hostport.substr(0, colon);
+    const std::string port =
+        colon == std::string::npos ? (tls ? "8883" : "1883") : hostport.substr(colon + 1);
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* res = nullptr;
+    if (::getaddrinfo(host.c_str(), port.c_str(), &hints, &res) != 0 || res == nullptr)
+      return Status::Unavailable("kick: cannot resolve " + host);
+    fd_ = ::socket(res->ai_family, SOCK_STREAM, 0);
+    timeval tv{2, 0};
+    bool connected = false;
+    if (fd_ >= 0) {
+      ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+      ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+      connected = ::connect(fd_, res->ai_addr, res->ai_addrlen) == 0;
+    }
+    ::freeaddrinfo(res);
+    if (!connected) return Status::Unavailable("kick: cannot connect to " + hostport);
+    if (!tls) return Status::Ok();
+    ctx_ = SSL_CTX_new(TLS_client_method());
+    if (!ctx_) return Status::Internal("kick: SSL_CTX_new failed");
+    SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, nullptr);
+    const bool trust = o.tls.ca_file.empty() ? SSL_CTX_set_default_verify_paths(ctx_) == 1
+                                             : SSL_CTX_load_verify_locations(
+                                                   ctx_, o.tls.ca_file.c_str(), nullptr) == 1;
+    if (!trust) return Status::FailedPrecondition("kick: cannot load the CA file");
+    if (!o.tls.key_password.empty())
+      SSL_CTX_set_default_passwd_cb_userdata(ctx_, const_cast<char*>(o.tls.key_password.c_str()));
+    if (!o.tls.cert_file.empty() &&
+        (SSL_CTX_use_certificate_chain_file(ctx_, o.tls.cert_file.c_str()) != 1 ||
+         SSL_CTX_use_PrivateKey_file(ctx_, o.tls.key_file.c_str(), SSL_FILETYPE_PEM) != 1))
+      return Status::FailedPrecondition("kick: cannot load the client certificate or key");
+    ssl_ = SSL_new(ctx_);
+    if (!ssl_) return Status::Internal("kick: SSL_new failed");
+    SSL_set_fd(ssl_, fd_);
+    in6_addr a6;
+    in_addr a4;
+    const bool is_ip = ::inet_pton(AF_INET, host.c_str(), &a4) == 1 ||
+                       ::inet_pton(AF_INET6, host.c_str(), &a6) == 1;
+    if (!is_ip) SSL_set_tlsext_host_name(ssl_, host.c_str());
+    if (o.tls.verify_hostname) {
+      X509_VERIFY_PARAM* param = SSL_get0_param(ssl_);
+      if (is_ip)
+        X509_VERIFY_PARAM_set1_ip_asc(param, host.c_str());
+      else
+        X509_VERIFY_PARAM_set1_host(param, host.c_str(), 0);
+    }
+    if (SSL_connect(ssl_) != 1) return Status::Unavailable("kick: TLS handshake failed");
+    return Status::Ok();
+  }
+
+  bool Write(const std::string& data) {
+    if (ssl_)
+      return SSL_write(ssl_, data.data(), static_cast<int>(data.size())) ==
+             static_cast<int>(data.size());
+    return ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(data.size());
+  }
+
+  // Reads exactly n bytes (false on error or timeout).
+  bool ReadExactly(unsigned char* buf, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+      const long r = ssl_ ? SSL_read(ssl_, buf + got, static_cast<int>(n - got))
+                          : ::recv(fd_, buf + got, n - got, 0);
+      if (r <= 0) return false;
+      got += static_cast<size_t>(r);
+    }
+    return true;
+  }
+
+ private:
+  int fd_ = -1;
+  SSL_CTX* ctx_ = nullptr;
+  SSL* ssl_ = nullptr;
+};
+
 // Takes the session over with a raw MQTT 5 CONNECT (clean start = false) and leaves with a
 // normal DISCONNECT: the broker closes the other connection of this client id and keeps the
-// session (and the unacknowledged message in it). OK once the CONNACK arrived.
+// session (and the unacknowledged message in it). OK once a successful CONNACK arrived.
 Status KickConnection(const MqttOptions& o) {
-  std::string hostport;
-  for (const char* scheme : {"tcp://", "mqtt://"})
-    if (o.url.rfind(scheme, 0) == 0) hostport = o.url.substr(std::string(scheme).size());
-  if (hostport.empty()) return Status::FailedPrecondition("kick needs a tcp:// or mqtt:// url");
-  const auto colon = hostport.rfind(':');
-  const std::string host = colon == std::string::npos ? hostport : hostport.substr(0, colon);
-  const std::string port = colon == std::string::npos ? "1883" : hostport.substr(colon + 1);
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  if (::getaddrinfo(host.c_str(), port.c_str(), &hints, &res) != 0 || res == nullptr)
-    return Status::Unavailable("kick: cannot resolve " + host);
-  int fd = ::socket(res->ai_family, SOCK_STREAM, 0);
-  timeval tv{2, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-  const bool connected = fd >= 0 && ::connect(fd, res->ai_addr, res->ai_addrlen) == 0;
-  ::freeaddrinfo(res);
-  if (!connected) {
-    if (fd >= 0) ::close(fd);
-    return Status::Unavailable("kick: cannot connect to " + hostport);
-  }
+  KickStream stream;
+  CONVERGE_RETURN_IF_ERROR(stream.Open(o));
   std::string body;
   PutStr(body, "MQTT");
   body.push_back(5);
@@ -111,20 +196,13 @@ Status KickConnection(const MqttOptions& o) {
   std::string packet(1, static_cast<char>(0x10));
   PutVarint(packet, body.size());
   packet += body;
-  Status st = Status::Ok();
-  if (::send(fd, packet.data(), packet.size(), MSG_NOSIGNAL) !=
-      static_cast<ssize_t>(packet.size())) {
-    st = Status::Unavailable("kick: send failed");
-  } else {
-    unsigned char ack[4] = {0};
-    const ssize_t n = ::recv(fd, ack, sizeof ack, 0);
-    if (n < 4 || ack[0] != 0x20 || ack[3] != 0)
-      st = Status::Unavailable("kick: no successful CONNACK");
-    const char disconnect[2] = {static_cast<char>(0xE0), 0};
-    ::send(fd, disconnect, sizeof disconnect, MSG_NOSIGNAL);
-  }
-  ::close(fd);
-  return st;
+  if (!stream.Write(packet)) return Status::Unavailable("kick: send failed");
+  // CONNACK: 0x20, remaining length, flags, reason code.
+  unsigned char ack[4] = {0};
+  if (!stream.ReadExactly(ack, sizeof ack) || ack[0] != 0x20 || ack[3] != 0)
+    return Status::Unavailable("kick: no successful CONNACK");
+  stream.Write(std::string{static_cast<char>(0xE0), 0});  // DISCONNECT, normal
+  return Status::Ok();
 }
 
 class MqttSource final : public MessageSource {

@@ -342,6 +342,40 @@ TEST(MqttSource, PubackHeldUntilAckSoAnUnackedMessageIsRedelivered) {
   }
 }
 
+TEST(MqttSource, OverTlsAnUnackedMessageIsRedeliveredAfterClose) {
+  MosquittoConfig cfg = AuthConfig();
+  cfg.tls = true;
+  MosquittoBroker broker(cfg);
+  ASSERT_TRUE(broker.Start()) << broker.error();
+  MqttOptions o = SourceOptionsFor(broker, "consumer-tls");
+  o.tls.ca_file = broker.ca_file();
+  const std::string id = NewUuidV7().ToString();
+  {
+    auto src = MakeMqttSource(o);
+    ASSERT_TRUE(src.ok()) << src.status();
+    NoopListener l;
+    ASSERT_TRUE((*src)->Subscribe({"dev/+/evt"}, &l).ok());
+    (void)(*src)->Poll(1, milliseconds(300));
+    // The device publishes with mosquitto_pub over TLS (--cafile).
+    ASSERT_TRUE(broker.Publish(
+        "device", "device-pw", "dev/d1/evt", "{}",
+        {{"specversion", "1.0"}, {"id", id}, {"source", "/d"}, {"type", "t"}}, "application/json"));
+    auto recs = PollUntil(**src, 1, seconds(5));
+    ASSERT_EQ(recs.size(), 1u);
+    (*src)->Close();  // no Ack
+  }
+  EXPECT_EQ(broker.ReadLog().find("Received PUBACK from consumer-tls"), std::string::npos);
+  auto src = MakeMqttSource(o);
+  ASSERT_TRUE(src.ok());
+  NoopListener l;
+  ASSERT_TRUE((*src)->Subscribe({"dev/+/evt"}, &l).ok());
+  auto recs = PollUntil(**src, 1, seconds(5));
+  ASSERT_EQ(recs.size(), 1u) << "the unacknowledged message was not redelivered over TLS";
+  EXPECT_EQ(DecodeMqttRecord(recs[0])->id, id);
+  (*src)->Ack(recs);
+  (*src)->Close();
+}
+
 TEST(MqttSource, SeekHandsUnackedRecordsBackAndAckReleasesTheNext) {
   MosquittoBroker broker(AuthConfig());
   ASSERT_TRUE(broker.Start()) << broker.error();

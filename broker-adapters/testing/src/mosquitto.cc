@@ -221,6 +221,7 @@ bool MosquittoBroker::Publish(const std::string& username, const std::string& pa
       "mosquitto_pub",     "-V", "mqttv5", "-h", "127.0.0.1", "-p", std::to_string(port_), "-q",
       std::to_string(qos), "-t", topic,    "-m", payload};
   if (!username.empty()) argv.insert(argv.end(), {"-u", username, "-P", password});
+  if (config_.tls) argv.insert(argv.end(), {"--cafile", ca_file()});
   for (const auto& [k, v] : props)
     argv.insert(argv.end(), {"-D", "publish", "user-property", k, v});
   if (!content_type.empty())
