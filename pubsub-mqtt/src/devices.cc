@@ -4,6 +4,7 @@
 
 #include <pqxx/pqxx>
 
+#include "converge/common/metrics.h"
 #include "converge/common/time_format.h"
 #include "converge/common/utf8.h"
 #include "converge/common/uuid.h"
@@ -289,7 +290,40 @@ Status SweepOptions::Validate() const {
   return Status::Ok();
 }
 
-Result<SweepResult> DeviceSweep::RunOnce(pqxx::connection& conn) const {
+Status RegisterDeviceIngestMetrics(metrics::Registry& registry, const DeviceIngestStats* stats) {
+  return registry.AddCallback("converge_device_ingest_total",
+                              "Device messages applied or ignored by the ingest handlers",
+                              metrics::MetricType::kCounter, {"outcome"}, [stats] {
+                                return std::vector<metrics::Sample>{
+                                    {{"ack_applied"}, double(stats->acks_applied.load())},
+                                    {{"ack_ignored"}, double(stats->acks_ignored.load())},
+                                    {{"report_applied"}, double(stats->reports_applied.load())},
+                                    {{"report_stale"}, double(stats->reports_stale.load())},
+                                    {{"presence_applied"}, double(stats->presence_applied.load())},
+                                    {{"presence_stale"}, double(stats->presence_stale.load())}};
+                              });
+}
+
+Status DeviceSweep::RegisterMetrics(metrics::Registry& registry) {
+  CONVERGE_RETURN_IF_ERROR(registry.AddCallback(
+      "converge_device_sweep_total", "Device sweep actions over all runs",
+      metrics::MetricType::kCounter, {"action"}, [this] {
+        return std::vector<metrics::Sample>{{{"expired"}, double(expired_.load())},
+                                            {{"marked_sent"}, double(marked_sent_.load())},
+                                            {{"resent_command"}, double(resent_commands_.load())},
+                                            {{"resent_twin"}, double(resent_twins_.load())}};
+      }));
+  CONVERGE_RETURN_IF_ERROR(registry.AddCallbackGauge(
+      "converge_device_unacked_commands",
+      "Device commands pending, sent or received (last sweep; -1 before the first)",
+      [this] { return double(unacked_.load()); }));
+  return registry.AddCallbackGauge(
+      "converge_device_unconverged_twins",
+      "Twins whose applied desired version is behind (last sweep; -1 before the first)",
+      [this] { return double(unconverged_.load()); });
+}
+
+Result<SweepResult> DeviceSweep::RunOnce(pqxx::connection& conn) {
   CONVERGE_RETURN_IF_ERROR(options_.Validate());
   SweepResult out;
   Status st = pg::RunInTransaction(conn, [&](pqxx::work& tx) -> Status {
@@ -364,6 +398,12 @@ Result<SweepResult> DeviceSweep::RunOnce(pqxx::connection& conn) const {
     return Status::Ok();
   });
   if (!st.ok()) return st;
+  expired_.fetch_add(out.expired_commands);
+  marked_sent_.fetch_add(out.marked_sent);
+  resent_commands_.fetch_add(out.resent_commands);
+  resent_twins_.fetch_add(out.resent_twins);
+  unacked_.store(out.unacked_commands);
+  unconverged_.store(out.unconverged_twins);
   return out;
 }
 

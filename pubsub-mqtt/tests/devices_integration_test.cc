@@ -6,6 +6,7 @@
 #include <functional>
 
 #include "converge/common/envelope.h"
+#include "converge/common/metrics.h"
 #include "converge/common/uuid.h"
 #include "converge/consumer/consumer.h"
 #include "converge/consumer/testing/fake_source.h"
@@ -355,6 +356,19 @@ TEST_F(DevicesTest, SweepMarksSentResendsWithTheSameIdAndExpires) {
   r = sweep.RunOnce(*conn_);
   EXPECT_EQ(r->resent_commands, 0);
   EXPECT_EQ(r->unacked_commands, 0);
+  // Metrics: totals over the runs, gauges from the last one, ingest outcomes.
+  metrics::Registry reg;
+  ASSERT_TRUE(sweep.RegisterMetrics(reg).ok());
+  ASSERT_TRUE(RegisterDeviceIngestMetrics(reg, &stats_).ok());
+  const std::string text = reg.Expose();
+  EXPECT_NE(text.find("converge_device_sweep_total{action=\"expired\"} 1"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("converge_device_sweep_total{action=\"resent_command\"} 2"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("converge_device_unacked_commands 0"), std::string::npos) << text;
+  EXPECT_NE(text.find("converge_device_ingest_total{outcome=\"ack_ignored\"} 1"), std::string::npos)
+      << text;
 }
 
 TEST_F(DevicesTest, SweepWaitsForOfflineDevicesAndResendsWhenTheyComeBack) {

@@ -43,6 +43,9 @@
 namespace converge::consumer {
 class Consumer;
 }  // namespace converge::consumer
+namespace converge::metrics {
+class Registry;
+}  // namespace converge::metrics
 
 namespace converge::pubsub {
 
@@ -119,6 +122,11 @@ Status IngestAck(pqxx::transaction_base& tx, const Message& message, DeviceInges
 Status IngestReported(pqxx::transaction_base& tx, const Message& message, DeviceIngestStats* stats);
 Status IngestPresence(pqxx::transaction_base& tx, const Message& message, DeviceIngestStats* stats);
 
+// Exposes `stats` as the counter family converge_device_ingest_total{outcome=...} (outcomes:
+// ack_applied, ack_ignored, report_applied, report_stale, presence_applied, presence_stale).
+// `stats` must outlive the registry or be removed with RemoveCallback first.
+Status RegisterDeviceIngestMetrics(metrics::Registry& registry, const DeviceIngestStats* stats);
+
 // Registers the three handlers on a consumer (types kAckType, kReportedType, kPresenceType).
 // `stats` may be null and must outlive the consumer otherwise. Before Start()/Init().
 void RegisterDeviceHandlers(consumer::Consumer& consumer, DeviceIngestStats* stats);
@@ -155,10 +163,18 @@ struct SweepResult {
 class DeviceSweep {
  public:
   explicit DeviceSweep(SweepOptions options) : options_(std::move(options)) {}
-  Result<SweepResult> RunOnce(pqxx::connection& conn) const;
+  Result<SweepResult> RunOnce(pqxx::connection& conn);
+
+  // Exposes converge_device_sweep_total{action="expired"|"marked_sent"|"resent_command"|
+  // "resent_twin"} (counters over all runs) and the gauges converge_device_unacked_commands and
+  // converge_device_unconverged_twins (from the last successful run; -1 before it). The sweep
+  // must outlive the registry or be removed with RemoveCallback first.
+  Status RegisterMetrics(metrics::Registry& registry);
 
  private:
   SweepOptions options_;
+  std::atomic<int64_t> expired_{0}, marked_sent_{0}, resent_commands_{0}, resent_twins_{0};
+  std::atomic<int64_t> unacked_{-1}, unconverged_{-1};
 };
 
 }  // namespace converge::pubsub
