@@ -205,19 +205,19 @@ Status KickConnection(const MqttOptions& o) {
   return Status::Ok();
 }
 
-class MqttSource final : public MessageSource {
+class SourceImpl {
  public:
-  explicit MqttSource(MqttOptions o)
+  explicit SourceImpl(MqttOptions o)
       : o_(std::move(o)), cli_(mqtt_internal::NewClient(o_, o_.client_id)) {}
 
-  ~MqttSource() override {
+  ~SourceImpl() {
     Close();
     std::lock_guard<std::mutex> lock(mu_);
     destroyed_ = true;
     cv_.notify_all();
   }
 
-  Status Subscribe(const std::vector<std::string>& topics, AssignmentListener* listener) override {
+  Status Subscribe(const std::vector<std::string>& topics, AssignmentListener* listener) {
     if (topics.empty()) return Status::InvalidArgument("mqtt source: no topic filters");
     for (const auto& t : topics) {
       if (t.empty() || t.rfind("$share/", 0) == 0)
@@ -247,7 +247,7 @@ class MqttSource final : public MessageSource {
     return Connect(milliseconds(o_.connect_timeout));
   }
 
-  Result<std::vector<ReceivedRecord>> Poll(size_t max_records, milliseconds timeout) override {
+  Result<std::vector<ReceivedRecord>> Poll(size_t max_records, milliseconds timeout) {
     std::vector<TopicPartition> to_assign;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -280,7 +280,7 @@ class MqttSource final : public MessageSource {
     return out;
   }
 
-  void Ack(const std::vector<ReceivedRecord>& records) override {
+  void Ack(const std::vector<ReceivedRecord>& records) {
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& r : records) {
       auto it = held_.find(r.ack_token);
@@ -291,7 +291,7 @@ class MqttSource final : public MessageSource {
 
   // MQTT cannot rewind. Seek raises the offset floor to `offset` and hands the records of that
   // filter that were polled but not acked (their PUBACK is still held) to the next Poll again.
-  Status Seek(const TopicPartition& tp, int64_t offset) override {
+  Status Seek(const TopicPartition& tp, int64_t offset) {
     std::lock_guard<std::mutex> lock(mu_);
     next_offset_ = std::max(next_offset_, offset);
     for (auto& [token, h] : held_) {
@@ -302,7 +302,7 @@ class MqttSource final : public MessageSource {
     return Status::Ok();
   }
 
-  void Close() override {
+  void Close() {
     bool kick = false;
     {
       std::unique_lock<std::mutex> lock(mu_);
@@ -320,8 +320,8 @@ class MqttSource final : public MessageSource {
                "mqtt source closed with an unacknowledged message held; it stays unacknowledged "
                "until this process exits",
                {{"client_id", o_.client_id}});
-      leaked_ = true;
-      (void)cli_.release();
+      std::lock_guard<std::mutex> lock(mu_);
+      leaked_ = true;  // MqttSource then never deletes this object
       return;
     }
     {
@@ -335,6 +335,13 @@ class MqttSource final : public MessageSource {
     } catch (const ::mqtt::exception&) {
       // Not connected (the kick dropped it): disconnect() still stops the automatic reconnect.
     }
+  }
+
+  // Close() could not drop the connection and left a callback parked: this object must then
+  // never be destroyed (the parked callback still uses it).
+  bool leaked() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return leaked_;
   }
 
  private:
@@ -493,6 +500,29 @@ class MqttSource final : public MessageSource {
 };
 
 }  // namespace
+
+// The MessageSource: owns a SourceImpl and deletes it unless Close() had to leave a callback
+// parked (then the implementation, its Paho client and its state are leaked on purpose).
+class MqttSource final : public MessageSource {
+ public:
+  explicit MqttSource(MqttOptions o) : impl_(new SourceImpl(std::move(o))) {}
+  ~MqttSource() override {
+    impl_->Close();
+    if (!impl_->leaked()) delete impl_;
+  }
+  Status Subscribe(const std::vector<std::string>& topics, AssignmentListener* listener) override {
+    return impl_->Subscribe(topics, listener);
+  }
+  Result<std::vector<ReceivedRecord>> Poll(size_t max_records, milliseconds timeout) override {
+    return impl_->Poll(max_records, timeout);
+  }
+  void Ack(const std::vector<ReceivedRecord>& records) override { impl_->Ack(records); }
+  Status Seek(const TopicPartition& tp, int64_t offset) override { return impl_->Seek(tp, offset); }
+  void Close() override { impl_->Close(); }
+
+ private:
+  SourceImpl* impl_;
+};
 
 Result<std::unique_ptr<MessageSource>> MakeMqttSource(const MqttOptions& options) {
   CONVERGE_RETURN_IF_ERROR(options.Validate());
