@@ -136,7 +136,22 @@ class MqttPublisher final : public Publisher {
       p.add(::mqtt::property(::mqtt::property::MESSAGE_EXPIRY_INTERVAL,
                              static_cast<int>(std::min<int64_t>(left.count(), 0x7FFFFFFF))));
     }
-    auto msg = ::mqtt::message::create(*topic, m.payload, o_.qos, false);
+    // MQTT 5 features asked for by plain headers (also kept as user properties above).
+    bool retained = false;
+    if (auto it = m.headers.find("mqtt.retain"); it != m.headers.end()) {
+      if (it->second != "true" && it->second != "false")
+        return Status::InvalidArgument("header mqtt.retain must be \"true\" or \"false\"");
+      retained = it->second == "true";
+    }
+    if (auto it = m.headers.find("mqtt.response_topic"); it != m.headers.end()) {
+      if (it->second.empty() || it->second.find_first_of("+#") != std::string::npos)
+        return Status::InvalidArgument(
+            "header mqtt.response_topic must be a topic name without wildcards");
+      p.add(::mqtt::property(::mqtt::property::RESPONSE_TOPIC, it->second));
+    }
+    if (auto it = m.headers.find("mqtt.correlation_data"); it != m.headers.end())
+      p.add(::mqtt::property(::mqtt::property::CORRELATION_DATA, ::mqtt::binary(it->second)));
+    auto msg = ::mqtt::message::create(*topic, m.payload, o_.qos, retained);
     msg->set_properties(std::move(p));
     return ::mqtt::message_ptr(msg);
   }

@@ -139,6 +139,41 @@ TEST(MqttPublisher, Qos2AndASmallInflightWindowDeliverInOrder) {
   }
 }
 
+TEST(MqttPublisher, HeadersAskForRetainResponseTopicAndCorrelationData) {
+  MosquittoBroker broker(AuthConfig());
+  ASSERT_TRUE(broker.Start()) << broker.error();
+  auto pub = MakeMqttPublisher(RelayOptionsFor(broker));
+  ASSERT_TRUE(pub.ok());
+  Message desired = Make("dev/d1/desired", "d1", 1);
+  desired.headers["mqtt.retain"] = "true";
+  Message cmd = Make("dev/d1/cmd", "d1", 1);
+  cmd.headers["mqtt.response_topic"] = "dev/d1/ack";
+  cmd.headers["mqtt.correlation_data"] = "cmd-42";
+  Message bad = Make("dev/d2/cmd", "d2", 1);
+  bad.headers["mqtt.response_topic"] = "dev/+/ack";
+  auto results = Publish(**pub, {desired, cmd, bad});
+  EXPECT_TRUE(results[0].status.ok()) << results[0].status;
+  EXPECT_TRUE(results[1].status.ok()) << results[1].status;
+  EXPECT_EQ(results[2].status.code(), StatusCode::kInvalidArgument) << results[2].status;
+  // Subscribing afterwards: only the retained desired state is delivered, with its flag.
+  MqttTestClient late(broker.url(), "reader-late", "reader", "reader-pw");
+  ASSERT_EQ(late.Connect(), "");
+  ASSERT_EQ(late.Subscribe("dev/d1/desired"), "");
+  ASSERT_TRUE(late.WaitFor(1, seconds(5)));
+  EXPECT_TRUE(late.Received()[0].retained);
+  EXPECT_EQ(late.Received()[0].Prop("id"), desired.id);
+  MqttTestClient reader(broker.url(), "reader-cmd", "reader", "reader-pw");
+  ASSERT_EQ(reader.Connect(), "");
+  ASSERT_EQ(reader.Subscribe("dev/d1/cmd"), "");
+  auto again = Publish(**pub, {cmd});
+  ASSERT_TRUE(again[0].status.ok());
+  ASSERT_TRUE(reader.WaitFor(1, seconds(5)));
+  EXPECT_FALSE(reader.Received()[0].retained);
+  EXPECT_EQ(reader.Received()[0].response_topic, "dev/d1/ack");
+  EXPECT_EQ(reader.Received()[0].correlation_data, "cmd-42");
+  EXPECT_EQ(reader.Received()[0].Prop("mqtt.correlation_data"), "cmd-42");
+}
+
 TEST(MqttPublisher, AclDenialIsFailedPreconditionNotSilentSuccess) {
   MosquittoBroker broker(AuthConfig());
   ASSERT_TRUE(broker.Start()) << broker.error();

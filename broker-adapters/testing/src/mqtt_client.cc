@@ -41,6 +41,7 @@ MqttTestClient::MqttTestClient(std::string url, std::string client_id, std::stri
     r.payload = m->get_payload_str();
     r.qos = m->get_qos();
     r.dup = m->is_duplicate();
+    r.retained = m->is_retained();
     const mqtt::properties& p = m->get_properties();
     for (size_t i = 0; i < p.count(mqtt::property::USER_PROPERTY); ++i) {
       auto kv = mqtt::get<mqtt::string_pair>(p, mqtt::property::USER_PROPERTY, i);
@@ -48,6 +49,10 @@ MqttTestClient::MqttTestClient(std::string url, std::string client_id, std::stri
     }
     if (p.contains(mqtt::property::CONTENT_TYPE))
       r.content_type = mqtt::get<std::string>(p, mqtt::property::CONTENT_TYPE);
+    if (p.contains(mqtt::property::RESPONSE_TOPIC))
+      r.response_topic = mqtt::get<std::string>(p, mqtt::property::RESPONSE_TOPIC);
+    if (p.contains(mqtt::property::CORRELATION_DATA))
+      r.correlation_data = mqtt::get<std::string>(p, mqtt::property::CORRELATION_DATA);
     if (p.contains(mqtt::property::MESSAGE_EXPIRY_INTERVAL))
       r.expiry_interval = mqtt::get<int>(p, mqtt::property::MESSAGE_EXPIRY_INTERVAL);
     std::lock_guard<std::mutex> lock(impl_->mu);

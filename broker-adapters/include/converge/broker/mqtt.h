@@ -77,6 +77,10 @@ struct MqttOptions {
 
 // The publisher. Never connects in the factory; the first PublishBatch/CheckConnected does.
 // Errors: kInvalidArgument naming the bad option.
+// Plain headers of a message that ask for MQTT 5 features (they also travel as user
+// properties): "mqtt.retain" ("true"/"false": the RETAIN flag), "mqtt.response_topic" (the
+// Response Topic property), "mqtt.correlation_data" (the Correlation Data property, the value's
+// bytes). A bad value makes the message kInvalidArgument.
 Result<std::unique_ptr<Publisher>> MakeMqttPublisher(const MqttOptions& options);
 
 // The source. Subscribe() takes MQTT topic filters ('+' and '#' allowed); each filter is one

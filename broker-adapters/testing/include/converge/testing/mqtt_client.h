@@ -19,6 +19,9 @@ struct ReceivedMqtt {
   int expiry_interval = -1;  // Message Expiry Interval, -1 when absent
   int qos = 0;
   bool dup = false;
+  bool retained = false;
+  std::string response_topic;    // "" when absent
+  std::string correlation_data;  // "" when absent
   // The user property `name`, "" when absent.
   std::string Prop(const std::string& name) const;
 };
