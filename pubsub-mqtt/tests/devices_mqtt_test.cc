@@ -100,6 +100,64 @@ std::string RawPublish(const std::string& url, const std::string& user, const st
   return RawPublishAll(url, user, pw, {topic}, event);
 }
 
+// Records what is published under devices/# with the MQTT 5 features the protocol relies on
+// (user "observer", read-only).
+class Observer {
+ public:
+  struct Seen {
+    std::string topic, correlation, response_topic;
+    int expiry = -1;
+    bool retained = false;
+  };
+  explicit Observer(const std::string& url)
+      : cli_(url, "observer", ::mqtt::create_options(MQTTVERSION_5), nullptr) {}
+  ~Observer() {
+    try {
+      cli_.disconnect()->wait_for(2s);
+    } catch (const ::mqtt::exception&) {
+    }
+  }
+  std::string Start() {
+    cli_.set_message_callback([this](::mqtt::const_message_ptr m) {
+      Seen s{m->get_topic()};
+      const auto& p = m->get_properties();
+      if (p.contains(::mqtt::property::CORRELATION_DATA))
+        s.correlation = ::mqtt::get<std::string>(p, ::mqtt::property::CORRELATION_DATA);
+      if (p.contains(::mqtt::property::RESPONSE_TOPIC))
+        s.response_topic = ::mqtt::get<std::string>(p, ::mqtt::property::RESPONSE_TOPIC);
+      if (p.contains(::mqtt::property::MESSAGE_EXPIRY_INTERVAL))
+        s.expiry = ::mqtt::get<int>(p, ::mqtt::property::MESSAGE_EXPIRY_INTERVAL);
+      s.retained = m->is_retained();
+      std::lock_guard<std::mutex> lock(mu_);
+      seen_.push_back(std::move(s));
+    });
+    try {
+      ::mqtt::connect_options opts;
+      opts.set_mqtt_version(MQTTVERSION_5);
+      opts.set_clean_start(true);
+      opts.set_user_name("observer");
+      opts.set_password("observer-pw");
+      if (!cli_.connect(opts)->wait_for(5s)) return "connect timeout";
+      if (!cli_.subscribe("devices/#", 1)->wait_for(5s)) return "subscribe timeout";
+    } catch (const ::mqtt::exception& e) {
+      return e.what();
+    }
+    return "";
+  }
+  std::vector<Seen> On(const std::string& topic) {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<Seen> out;
+    for (const auto& s : seen_)
+      if (s.topic == topic) out.push_back(s);
+    return out;
+  }
+
+ private:
+  ::mqtt::async_client cli_;
+  std::mutex mu_;
+  std::vector<Seen> seen_;
+};
+
 Message DeviceEvent(const std::string& device, std::string_view type,
                     std::map<std::string, std::string> ext) {
   Message m;
@@ -123,8 +181,10 @@ class DevicesMqttTest : public ::testing::Test {
                            {"sim-0", "sim-pw"},
                            {"sim-1", "sim-pw"},
                            {"sim-2", "sim-pw"},
-                           {"sim-3", "sim-pw"}},
-                 .acl = testing::DeviceAcl("relay", "ingest")}) {}
+                           {"sim-3", "sim-pw"},
+                           {"observer", "observer-pw"}},
+                 .acl = testing::DeviceAcl("relay", "ingest") +
+                        "\nuser observer\ntopic read devices/#\n"}) {}
 
   void SetUp() override {
     ASSERT_TRUE(db_.ok());
@@ -271,6 +331,8 @@ struct Recorder {
 
 TEST_F(DevicesMqttTest, CommandRoundTripCarriesCorrelationAndEndsApplied) {
   Recorder rec;
+  Observer observer(broker_.url());
+  ASSERT_EQ(observer.Start(), "");
   DeviceClient dev(Dev("d1"));
   dev.OnCommand(rec.Commands());
   ASSERT_OK(dev.Start());
@@ -288,6 +350,17 @@ TEST_F(DevicesMqttTest, CommandRoundTripCarriesCorrelationAndEndsApplied) {
                 bad + "'"),
             "true cannot");
   EXPECT_EQ(stats_.acks_ignored.load(), 0u);
+  // On the wire: commands carry Response Topic, Correlation Data (= command id) and Message
+  // Expiry; every ack (received + final, two per command) echoes the Correlation Data.
+  auto commands = observer.On("devices/d1/commands");
+  ASSERT_EQ(commands.size(), 2u);
+  EXPECT_EQ(commands[0].correlation, ok);
+  EXPECT_EQ(commands[0].response_topic, "devices/d1/acks");
+  EXPECT_GT(commands[0].expiry, 0);
+  EXPECT_LE(commands[0].expiry, 60);
+  ASSERT_TRUE(WaitUntil([&] { return observer.On("devices/d1/acks").size() == 4; }));
+  for (const auto& a : observer.On("devices/d1/acks"))
+    EXPECT_TRUE(a.correlation == ok || a.correlation == bad) << a.correlation;
   dev.Stop();
   ASSERT_TRUE(WaitUntil([&] { return Presence("d1").rfind("offline", 0) == 0; }));
 }
