@@ -590,6 +590,36 @@ TEST_F(DevicesRelayPublisherTest, CommandsWorkThroughHeaderFallback) {
   EXPECT_EQ(rec.Count(), 1u);
 }
 
+// The state file keeps the counters across restarts: a counter ahead of the clock (e.g. the
+// clock was set back after a reboot) still grows, so a stale will stays stale.
+TEST(DeviceStateFileTest, ConnectionCounterGrowsAcrossRestartsEvenWhenTheClockIsBehind) {
+  PrivateMosquitto broker({.users = {{"d1", "d1-pw"}},
+                           .acl = testing::DeviceAcl("relay", "ingest"),
+                           .persistence = false});
+  ASSERT_TRUE(broker.Start()) << broker.error();
+  const std::string state = ::testing::TempDir() + "device_state_" + std::to_string(::getpid());
+  DeviceOptions o;
+  o.url = broker.url();
+  o.device_id = "d1";
+  o.password = "d1-pw";
+  o.connect_timeout = 4000ms;
+  o.state_file = state;
+  const int64_t ahead = 4'000'000'000'000;  // year 2096 in Unix ms
+  std::ofstream(state) << "connection " << ahead << "\nreported 7\napplied 3\n";
+  {
+    DeviceClient dev(o);
+    ASSERT_OK(dev.Start());
+    EXPECT_EQ(dev.stats().connection, ahead + 1);
+    EXPECT_EQ(dev.stats().applied_desired_version, 3);
+    dev.Stop();
+  }
+  DeviceClient again(o);
+  ASSERT_OK(again.Start());
+  EXPECT_EQ(again.stats().connection, ahead + 2);
+  again.Stop();
+  std::remove(state.c_str());
+}
+
 // TLS: a device connects over ssl:// with the CA that signed the broker's certificate (host
 // name checked against the certificate's 127.0.0.1) and is refused with an unrelated CA.
 TEST(DevicesTlsTest, DeviceConnectsOverTlsWithTheRightCaOnly) {
