@@ -129,7 +129,11 @@ TEST(RelayTest, RetriableFailureBlocksOnlyItsKeyAndKeepsOrder) {
     }
     return Status::Ok();
   });
-  Relay relay(Options(db), std::move(pub));
+  // A retry block long enough to be observed on a loaded machine (a 200 ms one could pass
+  // before the check below runs).
+  RelayOptions o = Options(db);
+  o.retry = {std::chrono::milliseconds(1500), std::chrono::milliseconds(1500), 1.0, 0.0};
+  Relay relay(o, std::move(pub));
   ASSERT_TRUE(relay.RunOnce().ok());
   // good: 3 published; bad: seq 1 published, seq 2 failed (and may be on the broker), seq 3 held.
   EXPECT_EQ(db.Count("SELECT count(*) FROM converge.outbox"), 2);
@@ -140,7 +144,7 @@ TEST(RelayTest, RetriableFailureBlocksOnlyItsKeyAndKeepsOrder) {
   // While blocked, nothing of "bad" is claimed.
   ASSERT_TRUE(relay.RunOnce().ok());
   EXPECT_EQ(db.Count("SELECT count(*) FROM converge.outbox"), 2);
-  for (int i = 0; i < 50 && db.Count("SELECT count(*) FROM converge.outbox") > 0; ++i) {
+  for (int i = 0; i < 100 && db.Count("SELECT count(*) FROM converge.outbox") > 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     ASSERT_TRUE(relay.RunOnce().ok());
   }
@@ -255,8 +259,9 @@ TEST(RelayTest, LostLeaseFencesTheDelete) {
   FakePublisher* fake = pub.get();
   // While the batch is at the broker, another relay takes every slot over.
   fake->FailWhen([&](const Message&) {
-    db.Scalar("UPDATE converge.relay_slots SET owner = 'other', epoch = epoch + 1, "
-              "lease_until = now() + interval '1 minute'");
+    db.Scalar(
+        "UPDATE converge.relay_slots SET owner = 'other', epoch = epoch + 1, "
+        "lease_until = now() + interval '1 minute'");
     return Status::Ok();
   });
   Relay relay(Options(db), std::move(pub));
