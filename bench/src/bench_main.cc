@@ -229,8 +229,8 @@ struct Report {
         << " ms, p99 " << bound << Fmt(l.p99_ms, 1) << " ms, p99.9 " << bound << Fmt(l.p999_ms, 1)
         << " ms";
       if (l.unapplied)
-        o << " (saturated: " << Fmt(static_cast<double>(l.unapplied))
-          << " not applied within 30 s after the writers stopped)";
+        o << " (saturated: " << Fmt(static_cast<double>(l.unapplied)) << " not applied within "
+          << Fmt(l.grace_seconds) << " s after the writers stopped)";
       o << " | | | ";
       if (l.offered_per_s == 1000) o << "p99 ≤ 20 ms (" << verdict(true, l.p99_ms <= 20) << ")";
       o << " |\n";

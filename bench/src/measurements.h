@@ -80,9 +80,11 @@ struct LatencyResult {
   double achieved_per_s = 0;  // what the writers committed
   long messages = 0;
   int rows_per_transaction = 1;
-  // Messages not applied 30 s after the writers stopped (the path is saturated at this rate);
+  // Messages not applied grace_seconds (max(10 s, 2 × the run)) after the writers' schedule
+  // ended (the path is saturated at this rate);
   // they count with their wait so far, so the percentiles are lower bounds then.
   long unapplied = 0;
+  double grace_seconds = 0;
   double p50_ms = 0, p99_ms = 0, p999_ms = 0, max_ms = 0;
   // Where the time goes, from wall-clock stamps (the Kafka timestamp has 1 ms resolution).
   struct Stage {
