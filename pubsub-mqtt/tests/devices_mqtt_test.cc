@@ -95,6 +95,26 @@ std::string RawPublishAll(const std::string& url, const std::string& user, const
   return out;
 }
 
+// Deletes the retained message of `topic` (an empty retained PUBLISH), as a broker wipe would.
+std::string ClearRetained(const std::string& url, const std::string& user, const std::string& pw,
+                          const std::string& topic) {
+  ::mqtt::async_client cli(url, "raw-" + NewUuidV7().ToString().substr(24),
+                           ::mqtt::create_options(MQTTVERSION_5), nullptr);
+  try {
+    ::mqtt::connect_options opts;
+    opts.set_mqtt_version(MQTTVERSION_5);
+    opts.set_clean_start(true);
+    opts.set_user_name(user);
+    opts.set_password(pw);
+    if (!cli.connect(opts)->wait_for(3s)) return "connect timeout";
+    if (!cli.publish(topic, "", 0, 1, true)->wait_for(5s)) return "publish timeout";
+    cli.disconnect()->wait_for(2s);
+  } catch (const ::mqtt::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
 std::string RawPublish(const std::string& url, const std::string& user, const std::string& pw,
                        const std::string& topic, const Message& event) {
   return RawPublishAll(url, user, pw, {topic}, event);
@@ -483,6 +503,33 @@ TEST_F(DevicesMqttTest, TwinConvergesAfterReconnectFromTheRetainedSnapshotOnly) 
   EXPECT_EQ(rec.Versions(), std::vector<int64_t>{5});
   EXPECT_EQ(Sql("SELECT reported::text FROM converge.device_twins"), "{\"v\": 5}");
   DeviceSweep sweep({});
+  EXPECT_EQ(sweep.RunOnce(*conn_)->unconverged_twins, 0);
+}
+
+TEST_F(DevicesMqttTest, SweepResendsTheSnapshotWhenTheRetainedMessageIsLost) {
+  Recorder rec;
+  DeviceOptions o = Dev("d2");
+  o.persistent_session = false;
+  Desire("d2", "{\"v\":1}");
+  ASSERT_TRUE(WaitUntil([&] { return OutboxEmpty(); }));
+  ASSERT_EQ(ClearRetained(broker_.url(), "relay", "relay-pw", "devices/d2/twin/desired"), "");
+  DeviceClient dev(o);
+  dev.OnDesired(rec.Desired());
+  ASSERT_OK(dev.Start());
+  std::this_thread::sleep_for(500ms);
+  EXPECT_TRUE(rec.Versions().empty());  // nothing retained any more
+  DeviceSweep sweep({.twin_resend_after = 60s});
+  auto r = sweep.RunOnce(*conn_);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->unconverged_twins, 1);
+  EXPECT_EQ(r->resent_twins, 0);  // not yet due
+  Sql("UPDATE converge.device_twins SET desired_sent_at = now() - interval '1 hour'");
+  r = sweep.RunOnce(*conn_);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->resent_twins, 1);
+  ASSERT_TRUE(WaitUntil(
+      [&] { return Sql("SELECT applied_desired_version FROM converge.device_twins") == "1"; }));
+  EXPECT_EQ(rec.Versions(), std::vector<int64_t>{1});
   EXPECT_EQ(sweep.RunOnce(*conn_)->unconverged_twins, 0);
 }
 
