@@ -504,19 +504,16 @@ std::string LogPath(const Endpoints& e, const std::string& name) {
 testing::ChildProcess StartRelay(const Endpoints& e, const std::string& name,
                                  const std::map<std::string, std::string>& env,
                                  const std::vector<std::string>& extra_args) {
-  std::vector<std::string> args = {"--metrics.port=-1",
-                                   "--relay.instance_id=" + name,
-                                   "--relay.poll_interval=100ms",
-                                   "--relay.lease_ttl=6s",
-                                   "--relay.lease_renew_interval=1s",
-                                   "--relay.takeover_grace=500ms",
-                                   "--relay.publish_timeout=2500ms",
-                                   "--kafka.message.timeout.ms=1500",
-                                   "--relay.retry.initial=100ms",
-                                   "--relay.retry.max=1s",
-                                   "--relay.breaker.initial=200ms",
-                                   "--relay.breaker.max=1s",
-                                   "--log.level=warn"};
+  std::vector<std::string> args = {
+      "--metrics.port=-1", "--relay.instance_id=" + name, "--relay.poll_interval=100ms",
+      "--relay.lease_ttl=6s", "--relay.lease_renew_interval=1s", "--relay.takeover_grace=500ms",
+      "--relay.publish_timeout=2500ms", "--kafka.message.timeout.ms=1500",
+      "--relay.retry.initial=100ms", "--relay.retry.max=1s", "--relay.breaker.initial=200ms",
+      "--relay.breaker.max=1s",
+      // CONVERGE_ROBUST_LOG_LEVEL=info|debug for a closer look at a replayed run.
+      "--log.level=" + std::string(std::getenv("CONVERGE_ROBUST_LOG_LEVEL") != nullptr
+                                       ? std::getenv("CONVERGE_ROBUST_LOG_LEVEL")
+                                       : "warn")};
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   std::map<std::string, std::string> full = {{"CONVERGE_PG_URL", e.db_url},
                                              {"CONVERGE_KAFKA_BROKERS", e.brokers},

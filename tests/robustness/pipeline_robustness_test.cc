@@ -88,13 +88,19 @@ class Pipeline : public ::testing::Test {
   void EnsureRunning(const std::map<std::string, std::string>& relay_env = {},
                      const std::map<std::string, std::string>& consumer_env = {}) {
     if (!relay_.Running()) {
-      if (!expect_relay_death_) ++unexpected_exits_;
+      if (!expect_relay_death_) {
+        ++unexpected_exits_;
+        ++exit_codes_["relay exit " + std::to_string(relay_.last_exit())];
+      }
       expect_relay_death_ = false;
       relay_ = StartRelay(ep_, "relay", relay_env);
       ++restarts_;
     }
     if (!consumer_.Running()) {
-      if (!expect_consumer_death_) ++unexpected_exits_;
+      if (!expect_consumer_death_) {
+        ++unexpected_exits_;
+        ++exit_codes_["consumer exit " + std::to_string(consumer_.last_exit())];
+      }
       expect_consumer_death_ = false;
       consumer_ = StartConsumer(ep_, "consumer", consumer_env);
       ++restarts_;
@@ -174,9 +180,13 @@ class Pipeline : public ::testing::Test {
     if (relay_rc != 0 || consumer_rc != 0)
       history_.failures.push_back("SIGTERM exit codes relay=" + std::to_string(relay_rc) +
                                   " consumer=" + std::to_string(consumer_rc) + " (want 0)");
-    if (unexpected_exits_ > allowed_unexpected_exits_)
+    if (unexpected_exits_ > allowed_unexpected_exits_) {
+      std::string codes;
+      for (const auto& [what, n] : exit_codes_)
+        codes += (codes.empty() ? "" : ", ") + what + " x" + std::to_string(n);
       history_.failures.push_back(std::to_string(unexpected_exits_) +
-                                  " relay/consumer exits nobody asked for");
+                                  " relay/consumer exits nobody asked for (" + codes + ")");
+    }
     history_.duration_s = std::chrono::duration<double>(steady_clock::now() - start_).count();
     WriteResults(history_);
     for (const auto& f : history_.failures) ADD_FAILURE() << f;
@@ -240,6 +250,7 @@ class Pipeline : public ::testing::Test {
   std::vector<ChildProcess*> extra_consumers_;  // more group members, stopped by Finish()
   int restarts_ = 0;
   int unexpected_exits_ = 0;
+  std::map<std::string, int> exit_codes_;  // unexpected exits by process and exit code
   int allowed_unexpected_exits_ = 0;
   bool expect_relay_death_ = false;
   bool expect_consumer_death_ = false;

@@ -1,8 +1,9 @@
-// converge-relay under faults, as real processes: kill -9 at random points in a loop, and a
-// relay paused (SIGSTOP) past its lease while another takes its slots over. Each scenario checks
-// the history: every committed message is on the broker (lost = 0), and per key the first
-// occurrences of message ids come in sequence order (order violations = 0). Duplicates are
-// allowed (at-least-once); consumers dedupe them. The random seed is printed for replay.
+// converge-relay under faults, as real processes, against a private converge-devkafka: kill -9
+// at random points in a loop, and a relay paused (SIGSTOP) past its lease while another takes
+// its slots over. Each scenario checks the history: every committed message is on the broker
+// (lost = 0), and per key the first occurrences of message ids come in sequence order (order
+// violations = 0). Duplicates are allowed (at-least-once); consumers dedupe them. The random
+// seed is printed for replay.
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -14,6 +15,7 @@
 
 #include "converge/broker/kafka_admin.h"
 #include "converge/common/uuid.h"
+#include "converge/testing/devkafka.h"
 #include "converge/testing/env.h"
 #include "converge/testing/pg_fixture.h"
 #include "converge/testing/process.h"
@@ -35,8 +37,10 @@ struct History {
 class RelayRobustness : public ::testing::Test {
  protected:
   void SetUp() override {
-    brokers_ = testing::RequireEnv("CONVERGE_KAFKA_BROKERS");
-    ASSERT_FALSE(brokers_.empty());
+    // A private converge-devkafka: the shared one from scripts/services.sh may be restarted by
+    // other users of the machine while this test runs (its records live in memory).
+    ASSERT_TRUE(kafka_.Start()) << kafka_.error();
+    brokers_ = kafka_.bootstrap_servers();
     ASSERT_TRUE(db_.ok());
     topic_ = "robust-" + NewUuidV7().ToString().substr(24);
     const char* seed = std::getenv("CONVERGE_SEED");
@@ -125,6 +129,7 @@ class RelayRobustness : public ::testing::Test {
   }
 
   TestDatabase db_;
+  testing::PrivateKafka kafka_;
   std::string brokers_;
   std::string topic_;
   uint64_t seed_ = 0;

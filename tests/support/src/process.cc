@@ -17,7 +17,8 @@ ChildProcess::~ChildProcess() {
   }
 }
 
-ChildProcess::ChildProcess(ChildProcess&& other) noexcept : pid_(std::exchange(other.pid_, -1)) {}
+ChildProcess::ChildProcess(ChildProcess&& other) noexcept
+    : pid_(std::exchange(other.pid_, -1)), last_exit_(other.last_exit_) {}
 
 ChildProcess& ChildProcess::operator=(ChildProcess&& other) noexcept {
   if (this != &other) {
@@ -26,6 +27,7 @@ ChildProcess& ChildProcess::operator=(ChildProcess&& other) noexcept {
       ::waitpid(pid_, nullptr, 0);
     }
     pid_ = std::exchange(other.pid_, -1);
+    last_exit_ = other.last_exit_;
   }
   return *this;
 }
@@ -67,9 +69,10 @@ int ChildProcess::Wait(std::chrono::milliseconds timeout) {
     pid_t r = ::waitpid(pid_, &status, WNOHANG);
     if (r == pid_) {
       pid_ = -1;
-      if (WIFEXITED(status)) return WEXITSTATUS(status);
-      if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-      return -1;
+      last_exit_ = WIFEXITED(status)     ? WEXITSTATUS(status)
+                   : WIFSIGNALED(status) ? 128 + WTERMSIG(status)
+                                         : -1;
+      return last_exit_;
     }
     if (std::chrono::steady_clock::now() >= deadline) return -1;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -82,6 +85,9 @@ bool ChildProcess::Running() {
   pid_t r = ::waitpid(pid_, &status, WNOHANG);
   if (r == pid_) {
     pid_ = -1;
+    last_exit_ = WIFEXITED(status)     ? WEXITSTATUS(status)
+                 : WIFSIGNALED(status) ? 128 + WTERMSIG(status)
+                                       : -1;
     return false;
   }
   return true;

@@ -27,9 +27,13 @@ class ChildProcess {
   int Wait(std::chrono::milliseconds timeout);
   bool Running();
   pid_t pid() const { return pid_; }
+  // How the last child that Wait() or Running() reaped ended: the exit code, 128+signal when
+  // killed, -1 when none was reaped yet.
+  int last_exit() const { return last_exit_; }
 
  private:
   pid_t pid_ = -1;
+  int last_exit_ = -1;
 };
 
 }  // namespace converge::testing
