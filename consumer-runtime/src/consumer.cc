@@ -17,6 +17,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include <pqxx/pqxx>
@@ -169,7 +170,94 @@ Result<Context::Enqueued> Context::Enqueue(const Outbound& m) {
 
 // ---- Impl -------------------------------------------------------------------------------------
 
-class Consumer::Impl final : public broker::AssignmentListener {
+// ---- Metrics ----------------------------------------------------------------------------------
+
+// The consumers registered with one metrics registry. The registry's callback series (one set
+// per registry) iterate over them at scrape time.
+// What the hub's callbacks read from one member.
+struct MemberView {
+  std::string group;
+  ConsumerStats stats;
+  std::map<broker::TopicPartition, std::pair<int64_t, int64_t>> positions;
+};
+class MetricsMember {
+ public:
+  virtual MemberView View() const = 0;
+
+ protected:
+  ~MetricsMember() = default;
+};
+struct MetricsHub {
+  std::mutex mu;
+  std::set<const MetricsMember*> members;  // guarded by mu
+};
+
+namespace {
+
+std::mutex& HubsMu() {
+  static std::mutex mu;
+  return mu;
+}
+// Guarded by HubsMu().
+std::map<metrics::Registry*, std::shared_ptr<MetricsHub>>& Hubs() {
+  static auto* hubs = new std::map<metrics::Registry*, std::shared_ptr<MetricsHub>>();
+  return *hubs;
+}
+
+struct CounterSeries {
+  const char* name;
+  const char* help;
+  uint64_t ConsumerStats::*field;
+};
+constexpr CounterSeries kCounterSeries[] = {
+    {"converge_consumer_consumed_total", "Records settled (every outcome)",
+     &ConsumerStats::consumed},
+    {"converge_consumer_applied_total", "Records whose handler ran and committed",
+     &ConsumerStats::applied},
+    {"converge_consumer_duplicates_skipped_total",
+     "Redelivered records skipped by the inbox (same id, same payload)",
+     &ConsumerStats::duplicates_skipped},
+    {"converge_consumer_conflicts_total",
+     "Records with a known id but a different payload (dead-lettered)", &ConsumerStats::conflicts},
+    {"converge_consumer_dead_letters_total", "Records moved to converge.dead_letters",
+     &ConsumerStats::dead_letters},
+    {"converge_consumer_unknown_type_skipped_total", "Records without a handler, skipped",
+     &ConsumerStats::unknown_type_skipped},
+    {"converge_consumer_stale_skipped_total",
+     "Records skipped by the sequence policy (older than the last applied)",
+     &ConsumerStats::stale_skipped},
+    {"converge_consumer_sequence_gaps_total", "Per-key sequence gaps seen",
+     &ConsumerStats::sequence_gaps},
+    {"converge_consumer_retries_total", "Handler attempts that failed with a retriable error",
+     &ConsumerStats::retries},
+    {"converge_consumer_transactions_total", "Committed batch transactions",
+     &ConsumerStats::transactions},
+    {"converge_consumer_transaction_failures_total", "Batch transactions rolled back and re-run",
+     &ConsumerStats::transaction_failures},
+    {"converge_consumer_fenced_total", "Partitions found owned by another member",
+     &ConsumerStats::fenced},
+    {"converge_consumer_pruned_total", "Inbox rows pruned", &ConsumerStats::pruned},
+};
+constexpr const char* kCallbackNames[] = {"converge_consumer_consumed_total",
+                                          "converge_consumer_applied_total",
+                                          "converge_consumer_duplicates_skipped_total",
+                                          "converge_consumer_conflicts_total",
+                                          "converge_consumer_dead_letters_total",
+                                          "converge_consumer_unknown_type_skipped_total",
+                                          "converge_consumer_stale_skipped_total",
+                                          "converge_consumer_sequence_gaps_total",
+                                          "converge_consumer_retries_total",
+                                          "converge_consumer_transactions_total",
+                                          "converge_consumer_transaction_failures_total",
+                                          "converge_consumer_fenced_total",
+                                          "converge_consumer_pruned_total",
+                                          "converge_consumer_buffered_records",
+                                          "converge_consumer_committed_offset",
+                                          "converge_consumer_lag_records"};
+
+}  // namespace
+
+class Consumer::Impl final : public broker::AssignmentListener, public MetricsMember {
  public:
   Impl(ConsumerOptions options, std::unique_ptr<broker::MessageSource> source, const Clock& clock)
       : opts_(std::move(options)),
@@ -182,9 +270,20 @@ class Consumer::Impl final : public broker::AssignmentListener {
   }
 
   ~Impl() override {
-    // Callback series capture `this`: a scrape after the consumer is gone must not reach it.
-    if (registry_ != nullptr)
-      for (const auto& name : callbacks_) (void)registry_->RemoveCallback(name);
+    // The registry's callbacks reach this consumer through the hub: leave it before going away;
+    // the last member removes the callback series.
+    if (hub_ == nullptr) return;
+    std::lock_guard<std::mutex> hubs_lock(HubsMu());
+    bool last;
+    {
+      std::lock_guard<std::mutex> lock(hub_->mu);
+      hub_->members.erase(this);
+      last = hub_->members.empty();
+    }
+    if (last) {
+      for (const char* name : kCallbackNames) (void)registry_->RemoveCallback(name);
+      Hubs().erase(registry_);
+    }
   }
 
   // ---- lifecycle ----
@@ -295,87 +394,81 @@ class Consumer::Impl final : public broker::AssignmentListener {
 
   const std::string& member_id() const { return member_id_; }
 
+  MemberView View() const override {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    return {opts_.group, stats_, positions_};
+  }
+
+  static Status AddHubCallbacks(metrics::Registry& reg, const std::shared_ptr<MetricsHub>& hub) {
+    auto views = [hub] {
+      std::vector<MemberView> out;
+      std::lock_guard<std::mutex> lock(hub->mu);
+      for (const MetricsMember* m : hub->members) out.push_back(m->View());
+      return out;
+    };
+    for (const CounterSeries& c : kCounterSeries) {
+      auto field = c.field;
+      CONVERGE_RETURN_IF_ERROR(
+          reg.AddCallback(c.name, c.help, metrics::MetricType::kCounter, {"group"}, [views, field] {
+            std::vector<metrics::Sample> out;
+            for (const auto& v : views()) out.push_back({{v.group}, double(v.stats.*field)});
+            return out;
+          }));
+    }
+    CONVERGE_RETURN_IF_ERROR(reg.AddCallback("converge_consumer_buffered_records",
+                                             "Records polled and not yet committed",
+                                             metrics::MetricType::kGauge, {"group"}, [views] {
+                                               std::vector<metrics::Sample> out;
+                                               for (const auto& v : views())
+                                                 out.push_back({{v.group}, double(v.stats.lag)});
+                                               return out;
+                                             }));
+    CONVERGE_RETURN_IF_ERROR(reg.AddCallback(
+        "converge_consumer_committed_offset",
+        "Next offset stored in PostgreSQL per owned partition", metrics::MetricType::kGauge,
+        {"group", "topic", "partition"}, [views] {
+          std::vector<metrics::Sample> out;
+          for (const auto& v : views())
+            for (const auto& [tp, pos] : v.positions)
+              out.push_back({{v.group, tp.topic, std::to_string(tp.partition)}, double(pos.first)});
+          return out;
+        }));
+    return reg.AddCallback(
+        "converge_consumer_lag_records",
+        "Broker high watermark minus the stored offset per owned partition (Kafka)",
+        metrics::MetricType::kGauge, {"group", "topic", "partition"}, [views] {
+          std::vector<metrics::Sample> out;
+          for (const auto& v : views())
+            for (const auto& [tp, pos] : v.positions) {
+              if (pos.second < 0) continue;
+              out.push_back({{v.group, tp.topic, std::to_string(tp.partition)},
+                             double(std::max<int64_t>(0, pos.second - pos.first))});
+            }
+          return out;
+        });
+  }
+
   Status RegisterMetrics(metrics::Registry& reg) {
     if (initialized_ || thread_.joinable())
       return Status::FailedPrecondition("consumer: RegisterMetrics must be called before Start");
     if (metrics_registered_)
       return Status::AlreadyExists("consumer: metrics are already registered");
-    const std::string group = opts_.group;
-    struct Series {
-      const char* name;
-      const char* help;
-      uint64_t ConsumerStats::*field;
-    };
-    static constexpr Series kCounters[] = {
-        {"converge_consumer_consumed_total", "Records settled (every outcome)",
-         &ConsumerStats::consumed},
-        {"converge_consumer_applied_total", "Records whose handler ran and committed",
-         &ConsumerStats::applied},
-        {"converge_consumer_duplicates_skipped_total",
-         "Redelivered records skipped by the inbox (same id, same payload)",
-         &ConsumerStats::duplicates_skipped},
-        {"converge_consumer_conflicts_total",
-         "Records with a known id but a different payload (dead-lettered)",
-         &ConsumerStats::conflicts},
-        {"converge_consumer_dead_letters_total", "Records moved to converge.dead_letters",
-         &ConsumerStats::dead_letters},
-        {"converge_consumer_unknown_type_skipped_total", "Records without a handler, skipped",
-         &ConsumerStats::unknown_type_skipped},
-        {"converge_consumer_stale_skipped_total",
-         "Records skipped by the sequence policy (older than the last applied)",
-         &ConsumerStats::stale_skipped},
-        {"converge_consumer_sequence_gaps_total", "Per-key sequence gaps seen",
-         &ConsumerStats::sequence_gaps},
-        {"converge_consumer_retries_total", "Handler attempts that failed with a retriable error",
-         &ConsumerStats::retries},
-        {"converge_consumer_transactions_total", "Committed batch transactions",
-         &ConsumerStats::transactions},
-        {"converge_consumer_transaction_failures_total",
-         "Batch transactions rolled back and re-run", &ConsumerStats::transaction_failures},
-        {"converge_consumer_fenced_total", "Partitions found owned by another member",
-         &ConsumerStats::fenced},
-        {"converge_consumer_pruned_total", "Inbox rows pruned", &ConsumerStats::pruned},
-    };
-    registry_ = &reg;
-    for (const Series& c : kCounters) {
-      auto field = c.field;
-      callbacks_.push_back(c.name);
-      CONVERGE_RETURN_IF_ERROR(reg.AddCallback(
-          c.name, c.help, metrics::MetricType::kCounter, {"group"}, [this, group, field] {
-            return std::vector<metrics::Sample>{{{group}, double(stats().*field)}};
-          }));
+    {
+      // Several consumers of one process (one per service or group) share a registry: the
+      // callback series are registered once per registry and report every member.
+      std::lock_guard<std::mutex> hubs_lock(HubsMu());
+      auto& hub = Hubs()[&reg];
+      if (!hub) {
+        auto fresh = std::make_shared<MetricsHub>();
+        CONVERGE_RETURN_IF_ERROR(AddHubCallbacks(reg, fresh));
+        hub = fresh;
+      }
+      std::lock_guard<std::mutex> lock(hub->mu);
+      hub->members.insert(this);
+      hub_ = hub;
+      registry_ = &reg;
     }
-    callbacks_.insert(callbacks_.end(),
-                      {"converge_consumer_buffered_records", "converge_consumer_committed_offset",
-                       "converge_consumer_lag_records"});
-    CONVERGE_RETURN_IF_ERROR(reg.AddCallback(
-        "converge_consumer_buffered_records", "Records polled and not yet committed",
-        metrics::MetricType::kGauge, {"group"}, [this, group] {
-          return std::vector<metrics::Sample>{{{group}, double(stats().lag)}};
-        }));
-    CONVERGE_RETURN_IF_ERROR(reg.AddCallback(
-        "converge_consumer_committed_offset",
-        "Next offset stored in PostgreSQL per owned partition", metrics::MetricType::kGauge,
-        {"group", "topic", "partition"}, [this, group] {
-          std::vector<metrics::Sample> out;
-          std::lock_guard<std::mutex> lock(stats_mu_);
-          for (const auto& [tp, pos] : positions_)
-            out.push_back({{group, tp.topic, std::to_string(tp.partition)}, double(pos.first)});
-          return out;
-        }));
-    CONVERGE_RETURN_IF_ERROR(reg.AddCallback(
-        "converge_consumer_lag_records",
-        "Broker high watermark minus the stored offset per owned partition (Kafka)",
-        metrics::MetricType::kGauge, {"group", "topic", "partition"}, [this, group] {
-          std::vector<metrics::Sample> out;
-          std::lock_guard<std::mutex> lock(stats_mu_);
-          for (const auto& [tp, pos] : positions_) {
-            if (pos.second < 0) continue;
-            out.push_back({{group, tp.topic, std::to_string(tp.partition)},
-                           double(std::max<int64_t>(0, pos.second - pos.first))});
-          }
-          return out;
-        }));
+    const std::string group = opts_.group;
     CONVERGE_ASSIGN_OR_RETURN(
         auto* handler_family,
         reg.AddHistogramFamily("converge_consumer_handler_seconds", "Handler run time per record",
@@ -961,7 +1054,7 @@ class Consumer::Impl final : public broker::AssignmentListener {
   // Set by RegisterMetrics before the consumer thread starts; observed on that thread.
   bool metrics_registered_ = false;
   metrics::Registry* registry_ = nullptr;
-  std::vector<std::string> callbacks_;  // callback series that capture this; removed on exit
+  std::shared_ptr<MetricsHub> hub_;
   metrics::Histogram* handler_hist_ = nullptr;
   metrics::Histogram* batch_hist_ = nullptr;
 

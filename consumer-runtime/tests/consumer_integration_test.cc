@@ -377,7 +377,18 @@ TEST_F(ConsumerTest, MetricsExposeCountersHistogramsAndOffsets) {
   // Registering after Init is refused: the histograms are observed on the consumer's thread.
   metrics::Registry late;
   EXPECT_EQ(c->RegisterMetrics(late).code(), StatusCode::kFailedPrecondition);
-  c.reset();  // the consumer removes its callback series
+  // A second consumer (another group) in the same process shares the registry.
+  ConsumerOptions o2 = Options();
+  o2.group = "g2";
+  auto c2 = std::make_unique<Consumer>(o2, std::make_unique<FakeSource>());
+  ASSERT_TRUE(c2->RegisterMetrics(registry).ok());
+  EXPECT_NE(registry.Expose().find("converge_consumer_consumed_total{group=\"g2\"} 0"),
+            std::string::npos);
+  c.reset();  // leaves the registry; g2 stays
+  std::string after = registry.Expose();
+  EXPECT_EQ(after.find("converge_consumer_consumed_total{group=\"g1\"}"), std::string::npos);
+  EXPECT_NE(after.find("converge_consumer_consumed_total{group=\"g2\"}"), std::string::npos);
+  c2.reset();  // the last member removes the callback series
   EXPECT_EQ(registry.Expose().find("converge_consumer_consumed_total{"), std::string::npos);
 }
 
