@@ -10,6 +10,10 @@
 
 #include <pqxx/pqxx>
 
+#include "converge/common/json.h"
+#include "converge/pubsub/devices.h"
+#include "converge/pubsub/protocol.h"
+
 namespace shop {
 namespace {
 
@@ -55,6 +59,14 @@ CREATE TABLE IF NOT EXISTS shop.ledger (
   order_id     text NOT NULL,
   kind         text NOT NULL CHECK (kind IN ('charge', 'refund')),
   amount_cents integer NOT NULL
+);
+-- shipping service
+CREATE TABLE IF NOT EXISTS shop.shipments (
+  order_id     text PRIMARY KEY,
+  device_id    text NOT NULL,
+  command_id   uuid NOT NULL UNIQUE,
+  flow_headers jsonb NOT NULL,  -- echoed in the reply to the orchestrator
+  state        text NOT NULL CHECK (state IN ('sent', 'delivered', 'failed'))
 );
 -- what the services process saw (for the demo report)
 CREATE TABLE IF NOT EXISTS shop.service_stats (
@@ -107,8 +119,8 @@ long long Count(pqxx::transaction_base& tx, const std::string& sql) {
 
 }  // namespace
 
-flows::FlowType OrderFlow() {
-  return flows::FlowType{
+flows::FlowType OrderFlow(bool with_shipping) {
+  flows::FlowType t{
       .name = kFlowType,
       .steps = {{.name = "reserve",
                  .command = {kStockTopic, "shop.stock.reserve"},
@@ -124,9 +136,19 @@ flows::FlowType OrderFlow() {
                  .max_attempts = 3}},
       .compensation_deadline = std::chrono::seconds(5),
       .compensation_max_attempts = 5};
+  if (with_shipping) {
+    // A device may be offline for a while: the command itself is re-sent by the device sweep
+    // until its TTL; the step's own deadline only re-asks the shipping service.
+    t.steps.push_back({.name = "ship",
+                       .command = {kShippingTopic, "shop.ship.request"},
+                       .reply_type = "shop.shipment.delivered",
+                       .deadline = std::chrono::seconds(20),
+                       .max_attempts = 4});
+  }
+  return t;
 }
 
-Status Setup(const std::string& db_url, int skus, int stock_per_sku) {
+Status Setup(const std::string& db_url, int skus, int stock_per_sku, bool with_shipping) {
   try {
     pqxx::connection conn(db_url);
     pqxx::work tx(conn);
@@ -137,7 +159,7 @@ Status Setup(const std::string& db_url, int skus, int stock_per_sku) {
           "ON CONFLICT (sku) DO NOTHING",
           "sku-" + std::to_string(i), stock_per_sku);
     }
-    if (Status st = flows::Register(tx, OrderFlow()); !st.ok()) return st;
+    if (Status st = flows::Register(tx, OrderFlow(with_shipping)); !st.ok()) return st;
     tx.commit();
     return Status::Ok();
   } catch (const std::exception& e) {
@@ -272,6 +294,92 @@ void RegisterPayments(converge::consumer::Consumer& consumer) {
   });
 }
 
+void RegisterShipping(converge::consumer::Consumer& consumer, const std::string& device_prefix,
+                      int devices) {
+  consumer.Handle(
+      "shop.ship.request",
+      [device_prefix, devices](const converge::Message& m, Context& ctx) -> Status {
+        CONVERGE_ASSIGN_OR_RETURN(Command c, ParseCommand(ctx, m));
+        auto& tx = ctx.tx();
+        pqxx::result have = tx.exec_params(
+            "SELECT state FROM shop.shipments WHERE order_id = $1 FOR UPDATE", c.order_id);
+        if (have.empty()) {
+          const std::string device =
+              device_prefix + std::to_string(std::hash<std::string>{}(c.order_id) % devices);
+          CONVERGE_ASSIGN_OR_RETURN(
+              converge::pubsub::CommandSent sent,
+              converge::pubsub::SendCommand(tx, {.device_id = device,
+                                                 .name = "deliver",
+                                                 .payload = "{\"order_id\":\"" + c.order_id + "\"}",
+                                                 .ttl = std::chrono::seconds(60)}));
+          std::map<std::string, std::string> fh;
+          for (const auto& [name, value] : m.headers)
+            if (name.rfind("converge-flow-", 0) == 0) fh[name] = value;
+          tx.exec_params0(
+              "INSERT INTO shop.shipments (order_id, device_id, command_id, flow_headers, state) "
+              "VALUES ($1, $2, $3::uuid, $4::jsonb, 'sent')",
+              c.order_id, device, sent.command_id, converge::JsonObjectOfStrings(fh));
+          return Status::Ok();  // the reply comes with the device's ack
+        }
+        // A re-asked step: answer again if the device already finished; a command that expired
+        // (the device stayed away past its TTL) fails the step.
+        tx.exec_params0(
+            "UPDATE shop.shipments s SET state = CASE c.status WHEN 'applied' THEN 'delivered' "
+            "ELSE 'failed' END FROM converge.device_commands c WHERE s.order_id = $1 AND "
+            "s.state = 'sent' AND c.command_id = s.command_id AND c.status IN ('applied', "
+            "'rejected', 'expired')",
+            c.order_id);
+        const std::string state =
+            tx.exec_params1("SELECT state FROM shop.shipments WHERE order_id = $1", c.order_id)[0]
+                .as<std::string>();
+        if (state == "delivered") return Reply(ctx, m, "shop.shipment.delivered");
+        if (state == "failed") return Reply(ctx, m, "shop.shipment.failed");
+        return Status::Ok();
+      });
+}
+
+void RegisterDeviceIngest(converge::consumer::Consumer& consumer) {
+  auto* stats = new converge::pubsub::DeviceIngestStats();  // lives as long as the process
+  consumer.Handle(std::string(converge::pubsub::kReportedType),
+                  [stats](const converge::Message& m, Context& ctx) {
+                    return converge::pubsub::IngestReported(ctx.tx(), m, stats);
+                  });
+  consumer.Handle(std::string(converge::pubsub::kPresenceType),
+                  [stats](const converge::Message& m, Context& ctx) {
+                    return converge::pubsub::IngestPresence(ctx.tx(), m, stats);
+                  });
+  consumer.Handle(
+      std::string(converge::pubsub::kAckType),
+      [stats](const converge::Message& m, Context& ctx) -> Status {
+        CONVERGE_RETURN_IF_ERROR(converge::pubsub::IngestAck(ctx.tx(), m, stats));
+        auto id = m.extensions.find(std::string(converge::pubsub::kExtCommandId));
+        if (id == m.extensions.end()) return Status::Ok();
+        auto& tx = ctx.tx();
+        // Did this ack finish a shipment's command? Then tell the orchestrator, in this
+        // transaction.
+        pqxx::result r = tx.exec_params(
+            "SELECT s.order_id, s.flow_headers::text, c.status FROM shop.shipments s "
+            "JOIN converge.device_commands c ON c.command_id = s.command_id "
+            "WHERE s.command_id::text = $1 AND s.state = 'sent' AND c.status IN ('applied', "
+            "'rejected', 'expired') FOR UPDATE OF s",
+            id->second);
+        if (r.empty()) return Status::Ok();
+        const std::string order_id = r[0][0].as<std::string>();
+        const bool applied = r[0][2].as<std::string>() == "applied";
+        tx.exec_params0("UPDATE shop.shipments SET state = $2 WHERE order_id = $1", order_id,
+                        applied ? "delivered" : "failed");
+        converge::outbox::OutboxMessage reply{
+            .topic = kRepliesTopic,
+            .key = order_id,
+            .type = applied ? "shop.shipment.delivered" : "shop.shipment.failed",
+            .payload = "{}"};
+        for (const auto& row : tx.exec_params("SELECT key, value FROM jsonb_each_text($1::jsonb)",
+                                              r[0][1].as<std::string>()))
+          reply.headers[row[0].as<std::string>()] = row[1].as<std::string>();
+        return ctx.Enqueue(reply).status();
+      });
+}
+
 void RegisterOrchestrator(converge::consumer::Consumer& consumer) {
   auto advance = [](const std::string& what) {
     return [what](const converge::Message& m, Context& ctx) -> Status {
@@ -293,6 +401,8 @@ void RegisterOrchestrator(converge::consumer::Consumer& consumer) {
   consumer.Handle("shop.payment.declined", advance("payment declined"));
   consumer.Handle("shop.stock.released", advance("compensated"));
   consumer.Handle("shop.payment.refunded", advance("compensated"));
+  consumer.Handle("shop.shipment.delivered", advance("complete"));
+  consumer.Handle("shop.shipment.failed", advance("delivery failed"));
 }
 
 bool Report::consistent() const {
@@ -340,6 +450,10 @@ converge::Result<Report> ReadReport(const std::string& db_url) {
         "SELECT sum(o.amount_cents) FROM shop.orders o JOIN converge.flows f "
         "ON f.flow_type = 'shop.order' AND f.business_key = o.order_id AND f.state = 'completed'");
     r.duplicates_skipped = Count(tx, "SELECT sum(duplicates_skipped) FROM shop.service_stats");
+    r.shipments = Count(tx, "SELECT count(*) FROM shop.shipments");
+    r.delivered = Count(tx, "SELECT count(*) FROM shop.shipments WHERE state = 'delivered'");
+    r.device_commands_applied =
+        Count(tx, "SELECT count(*) FROM converge.device_commands WHERE status = 'applied'");
     r.refunded = Count(tx, "SELECT count(*) FROM shop.payments WHERE state = 'refunded'");
     std::vector<double> ms;
     for (const auto& row :
@@ -375,6 +489,8 @@ std::string FormatReport(const Report& r) {
     << " cents, completed orders " << r.completed_amount_cents << " cents"
     << (r.net_charged_cents == r.completed_amount_cents ? "  (consistent)" : "  (INCONSISTENT)")
     << "\n"
+    << "deliveries (MQTT)        " << r.shipments << " commands sent to devices, "
+    << r.device_commands_applied << " acked applied, " << r.delivered << " delivered\n"
     << "duplicates absorbed      " << r.duplicates_skipped
     << "  (redelivered messages the consumers' inboxes skipped)\n"
     << "order latency (placed -> completed)  p50 " << static_cast<long>(r.latency_p50_ms)

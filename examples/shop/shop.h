@@ -24,13 +24,18 @@ namespace shop {
 inline constexpr const char* kStockTopic = "shop.stock";
 inline constexpr const char* kPaymentsTopic = "shop.payments";
 inline constexpr const char* kRepliesTopic = "shop.order-replies";
+inline constexpr const char* kShippingTopic = "shop.shipping";
 
-// The order flow: reserve stock, then charge the payment. A stock-out fails step 0 (nothing to
-// undo); a declined payment fails step 1 and compensates step 0 (the stock is released).
-converge::flows::FlowType OrderFlow();
+// The order flow: reserve stock, charge the payment, ship. A stock-out fails step 0 (nothing to
+// undo); a declined payment fails step 1 and compensates step 0 (the stock is released); with
+// `with_shipping`, step 2 sends a "deliver" command to a delivery device over MQTT and
+// completes on the device's `applied` ack; a rejected or expired command fails the step and
+// compensates the payment (refund) and the stock (release).
+converge::flows::FlowType OrderFlow(bool with_shipping);
 
 // Creates the shop schema (idempotent), fills the stock and registers the flow type.
-converge::Status Setup(const std::string& db_url, int skus, int stock_per_sku);
+converge::Status Setup(const std::string& db_url, int skus, int stock_per_sku,
+                       bool with_shipping = false);
 
 struct PlaceOptions {
   int orders = 100;
@@ -47,6 +52,14 @@ converge::Result<int> PlaceOrders(const std::string& db_url, const PlaceOptions&
 void RegisterInventory(converge::consumer::Consumer& consumer);
 void RegisterPayments(converge::consumer::Consumer& consumer);
 void RegisterOrchestrator(converge::consumer::Consumer& consumer);
+// Shipping: "shop.ship.request" sends a deliver command to device `<prefix><n>` (one of
+// `devices`), chosen by order id. Runs on a Kafka consumer.
+void RegisterShipping(converge::consumer::Consumer& consumer, const std::string& device_prefix,
+                      int devices);
+// Device messages (acks, reported state, presence) from MQTT: the pubsub ingest handlers, and
+// for an ack that finished a deliver command, the shipping reply to the orchestrator in the
+// same transaction. Runs on an MQTT consumer (converge::broker::MakeMqttSource).
+void RegisterDeviceIngest(converge::consumer::Consumer& consumer);
 
 // The checkable end state, from the database.
 struct Report {
@@ -56,6 +69,7 @@ struct Report {
   long long net_charged_cents = 0, completed_amount_cents = 0;
   long long refunded = 0, double_charges = 0, double_reservations = 0;
   long long duplicates_skipped = 0;  // by the services' consumers (shop.service_stats)
+  long long shipments = 0, delivered = 0, device_commands_applied = 0;
   double latency_p50_ms = 0, latency_p99_ms = 0, latency_max_ms = 0;
   bool consistent() const;
 };

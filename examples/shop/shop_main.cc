@@ -1,12 +1,14 @@
 // converge-shop: the example shop's services and tools (see examples/README.md).
 //
-//   converge-shop setup     [--skus N] [--stock N]            schema, stock, flow type
+//   converge-shop setup     [--skus N] [--stock N] [--shipping 1]   schema, stock, flow type
 //   converge-shop place     [--orders N] [--rate R] [--decline-percent P] [--seed S]
-//   converge-shop services  [--metrics-port P]                inventory, payments, orchestrator
+//   converge-shop services  [--metrics-port P] [--devices N]  inventory, payments, orchestrator
+//                                                             (+ shipping over MQTT to N devices)
 //   converge-shop duplicate [--count N]                       re-publish N stock commands to Kafka
 //   converge-shop report    [--wait SECONDS]                  the end state, checked
 //
-// The database comes from $CONVERGE_PG_URL and Kafka from $CONVERGE_KAFKA_BROKERS, as
+// The database comes from $CONVERGE_PG_URL, Kafka from $CONVERGE_KAFKA_BROKERS and MQTT from
+// $CONVERGE_MQTT_URL, as
 // scripts/services.sh exports them. Exit codes: 0 ok, 1 failed (or report inconsistent),
 // 2 usage.
 #include <signal.h>
@@ -25,9 +27,11 @@
 
 #include "converge/broker/kafka.h"
 #include "converge/broker/kafka_admin.h"
+#include "converge/broker/mqtt.h"
 #include "converge/common/http_server.h"
 #include "converge/common/metrics.h"
 #include "converge/consumer/consumer.h"
+#include "converge/pubsub/devices.h"
 #include "shop.h"
 
 namespace {
@@ -105,6 +109,7 @@ std::unique_ptr<converge::consumer::Consumer> MakeConsumer(const std::string& db
 
 int Services(Args& a, const std::string& db, const std::string& brokers) {
   const long port = a.Int("metrics-port", 9466);
+  const long devices = a.Int("devices", 0);
   if (!a.error.empty()) return std::cerr << "converge-shop services: " << a.error << "\n", 2;
   struct Svc {
     const char* name;
@@ -123,6 +128,32 @@ int Services(Args& a, const std::string& db, const std::string& brokers) {
     if (Status st = c->RegisterMetrics(registry); !st.ok())
       return std::cerr << "converge-shop: metrics: " << st << "\n", 1;
     consumers.emplace_back(s.name, std::move(c));
+  }
+  if (devices > 0) {
+    auto c = MakeConsumer(db, brokers, "shop-shipping", shop::kShippingTopic);
+    if (!c) return 1;
+    shop::RegisterShipping(*c, "truck-", static_cast<int>(devices));
+    if (Status st = c->RegisterMetrics(registry); !st.ok())
+      return std::cerr << "converge-shop: metrics: " << st << "\n", 1;
+    consumers.emplace_back("shipping", std::move(c));
+    const std::string mqtt = Env("CONVERGE_MQTT_URL");
+    if (mqtt.empty()) return std::cerr << "converge-shop: --devices needs CONVERGE_MQTT_URL\n", 2;
+    converge::broker::MqttOptions mo;
+    mo.url = mqtt;
+    mo.client_id = "shop-device-ingest";
+    auto source = converge::broker::MakeMqttSource(mo);
+    if (!source.ok()) return std::cerr << "converge-shop: mqtt: " << source.status() << "\n", 1;
+    converge::consumer::ConsumerOptions o;
+    o.group = "shop-devices";
+    o.topics = converge::pubsub::IngestTopicFilters();
+    o.database_url = db;
+    auto ingest =
+        std::make_unique<converge::consumer::Consumer>(std::move(o), std::move(source).value());
+    ingest->SetDecoder(converge::broker::DecodeMqttRecord);
+    shop::RegisterDeviceIngest(*ingest);
+    if (Status st = ingest->RegisterMetrics(registry); !st.ok())
+      return std::cerr << "converge-shop: metrics: " << st << "\n", 1;
+    consumers.emplace_back("device-ingest", std::move(ingest));
   }
   std::unique_ptr<converge::MetricsServer> server;
   if (port > 0) {
@@ -157,9 +188,22 @@ int Services(Args& a, const std::string& db, const std::string& brokers) {
       std::cerr << "converge-shop: saving stats: " << e.what() << "\n";
     }
   };
+  converge::pubsub::DeviceSweep sweep({.command_resend_interval = std::chrono::seconds(5)});
+  std::unique_ptr<pqxx::connection> sweep_conn;
   while (!g_stop) {
     std::this_thread::sleep_for(std::chrono::seconds(1));
     save_stats();
+    if (devices > 0) {
+      // Re-sends unacked device commands, expires old ones (normally converge-reconciler's job
+      // in a deployment that runs devices; here the shop runs it to stay self-contained).
+      try {
+        if (!sweep_conn) sweep_conn = std::make_unique<pqxx::connection>(db);
+        auto r = sweep.RunOnce(*sweep_conn);
+        if (!r.ok()) sweep_conn.reset();
+      } catch (const std::exception&) {
+        sweep_conn.reset();
+      }
+    }
   }
   for (auto& [name, c] : consumers) c->Stop();
   save_stats();
@@ -220,12 +264,12 @@ int Report(Args& a, const std::string& db) {
 
 void Usage(std::ostream& os) {
   os << "usage: converge-shop <setup|place|services|duplicate|report> [options]\n"
-        "  setup     [--skus N] [--stock N]\n"
+        "  setup     [--skus N] [--stock N] [--shipping 1]\n"
         "  place     [--orders N] [--rate R] [--decline-percent P] [--seed S]\n"
-        "  services  [--metrics-port P]\n"
+        "  services  [--metrics-port P] [--devices N]\n"
         "  duplicate [--count N]\n"
         "  report    [--wait SECONDS]\n"
-        "Database: $CONVERGE_PG_URL. Kafka: $CONVERGE_KAFKA_BROKERS.\n";
+        "Database: $CONVERGE_PG_URL. Kafka: $CONVERGE_KAFKA_BROKERS. MQTT: $CONVERGE_MQTT_URL.\n";
 }
 
 }  // namespace
@@ -242,10 +286,10 @@ int main(int argc, char** argv) {
   const std::string brokers = Env("CONVERGE_KAFKA_BROKERS");
   if (db.empty()) return std::cerr << "converge-shop: set CONVERGE_PG_URL\n", 2;
   if (cmd == "setup") {
-    Args a = Parse(args, {"skus", "stock"});
-    const long skus = a.Int("skus", 10), stock = a.Int("stock", 30);
+    Args a = Parse(args, {"skus", "stock", "shipping"});
+    const long skus = a.Int("skus", 10), stock = a.Int("stock", 30), ship = a.Int("shipping", 0);
     if (!a.error.empty()) return std::cerr << "converge-shop setup: " << a.error << "\n", 2;
-    Status st = shop::Setup(db, static_cast<int>(skus), static_cast<int>(stock));
+    Status st = shop::Setup(db, static_cast<int>(skus), static_cast<int>(stock), ship > 0);
     if (!st.ok()) return std::cerr << "converge-shop setup: " << st << "\n", 1;
     std::cout << "shop ready: " << skus << " SKUs with " << stock << " each\n";
     return 0;
@@ -268,7 +312,7 @@ int main(int argc, char** argv) {
   if (brokers.empty() && (cmd == "services" || cmd == "duplicate"))
     return std::cerr << "converge-shop: set CONVERGE_KAFKA_BROKERS\n", 2;
   if (cmd == "services") {
-    Args a = Parse(args, {"metrics-port"});
+    Args a = Parse(args, {"metrics-port", "devices"});
     if (!a.error.empty()) return std::cerr << "converge-shop services: " << a.error << "\n", 2;
     return Services(a, db, brokers);
   }

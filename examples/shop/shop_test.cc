@@ -13,7 +13,9 @@
 #include "converge/broker/kafka.h"
 #include "converge/broker/kafka_admin.h"
 #include "converge/broker/kafka_mock.h"
+#include "converge/broker/mqtt.h"
 #include "converge/consumer/consumer.h"
+#include "converge/pubsub/devices.h"
 #include "converge/testing/env.h"
 #include "converge/testing/pg_fixture.h"
 #include "converge/testing/process.h"
@@ -149,6 +151,96 @@ TEST(ShopTest, OrdersEndCompletedXorCompensatedAcrossARelayKill) {
                      "r.order_id = f.business_key WHERE f.state = 'compensated' AND r.state = "
                      "'reserved'"),
             0);
+}
+
+// Shipping over MQTT: the third step sends a deliver command to a simulated device through the
+// outbox and converge-relay's MQTT target (the shared mosquitto of scripts/services.sh); the
+// device's ack, ingested from MQTT by the consumer runtime, completes the flow.
+TEST(ShopTest, ShippingCompletesOnDeviceAcksOverMqtt) {
+  converge::testing::TestDatabase db;
+  ASSERT_TRUE(db.ok());
+  const std::string mqtt = converge::testing::RequireEnv("CONVERGE_MQTT_URL");
+  ASSERT_FALSE(mqtt.empty());
+  auto cluster = converge::broker::KafkaMockCluster::Start(1);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  const std::string brokers = (*cluster)->bootstrap_servers();
+  for (const char* t :
+       {shop::kStockTopic, shop::kPaymentsTopic, shop::kRepliesTopic, shop::kShippingTopic})
+    ASSERT_TRUE((*cluster)->CreateTopic(t, 2).ok());
+  ASSERT_TRUE(shop::Setup(db.url(), 2, 100, /*with_shipping=*/true).ok());
+
+  // Device ids unique to this run: the broker is shared.
+  const std::string prefix = "truck-" + std::to_string(::getpid()) + "-";
+  const std::map<std::string, std::string> env = {{"CONVERGE_PG_URL", db.url()},
+                                                  {"CONVERGE_KAFKA_BROKERS", brokers}};
+  const std::string bin = converge::testing::BinDir();
+  const std::string log = ::testing::TempDir() + "shop_ship_" + db.name() + ".log";
+  std::vector<std::string> relay_flags = kRelayFlags;
+  relay_flags.insert(relay_flags.end(),
+                     {"--relay.target=both", "--mqtt.url=" + mqtt, "--mqtt.topics=devices/#",
+                      "--mqtt.client_id=shop-test-relay-" + prefix});
+  ChildProcess relay, reconciler, devices;
+  ASSERT_TRUE(relay.Start(bin + "/converge-relay", relay_flags, env, log));
+  ASSERT_TRUE(reconciler.Start(bin + "/converge-reconciler",
+                               {"--metrics.port=0", "--reconciler.poll_interval=200ms"}, env, log));
+  ASSERT_TRUE(devices.Start(bin + "/converge-device-sim",
+                            {"--url", mqtt, "--devices", "2", "--prefix", prefix,
+                             "--toggle-probability", "0", "--duration", "120"},
+                            {}, log));
+
+  auto inventory = Service(db.url(), brokers, "shop-inventory", shop::kStockTopic);
+  auto payments = Service(db.url(), brokers, "shop-payments", shop::kPaymentsTopic);
+  auto orchestrator = Service(db.url(), brokers, "shop-orchestrator", shop::kRepliesTopic);
+  auto shipping = Service(db.url(), brokers, "shop-shipping", shop::kShippingTopic);
+  converge::broker::MqttOptions mo;
+  mo.url = mqtt;
+  mo.client_id = "shop-test-ingest-" + prefix;
+  auto source = converge::broker::MakeMqttSource(mo);
+  ASSERT_TRUE(source.ok()) << source.status();
+  converge::consumer::ConsumerOptions io;
+  io.group = "shop-devices";
+  io.topics = converge::pubsub::IngestTopicFilters();
+  io.database_url = db.url();
+  io.poll_timeout = 50ms;
+  converge::consumer::Consumer ingest(io, std::move(source).value());
+  ingest.SetDecoder(converge::broker::DecodeMqttRecord);
+  shop::RegisterInventory(*inventory);
+  shop::RegisterPayments(*payments);
+  shop::RegisterOrchestrator(*orchestrator);
+  shop::RegisterShipping(*shipping, prefix, 2);
+  shop::RegisterDeviceIngest(ingest);
+  for (auto* c : {inventory.get(), payments.get(), orchestrator.get(), shipping.get(), &ingest})
+    ASSERT_TRUE(c->Start().ok());
+
+  shop::PlaceOptions o{.orders = 12, .rate = 30, .skus = 2, .decline_percent = 0, .seed = 11};
+  auto placed = shop::PlaceOrders(db.url(), o);
+  ASSERT_TRUE(placed.ok()) << placed.status();
+
+  shop::Report report;
+  const auto deadline = std::chrono::steady_clock::now() + 120s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto r = shop::ReadReport(db.url());
+    ASSERT_TRUE(r.ok()) << r.status();
+    report = *r;
+    if (report.completed + report.compensated == 12 && report.running == 0) break;
+    std::this_thread::sleep_for(200ms);
+  }
+  for (auto* c : {inventory.get(), payments.get(), orchestrator.get(), shipping.get(), &ingest})
+    c->Stop();
+  devices.Signal(SIGTERM);
+  relay.Signal(SIGTERM);
+  reconciler.Signal(SIGTERM);
+  devices.Wait(20s);
+  EXPECT_EQ(relay.Wait(20s), 0);
+  EXPECT_EQ(reconciler.Wait(20s), 0);
+
+  std::cout << shop::FormatReport(report);
+  SCOPED_TRACE(shop::FormatReport(report));
+  EXPECT_EQ(report.completed, 12) << "see " << log;
+  EXPECT_EQ(report.shipments, 12);
+  EXPECT_EQ(report.delivered, 12);
+  EXPECT_EQ(report.device_commands_applied, 12);
+  EXPECT_TRUE(report.consistent());
 }
 
 }  // namespace
