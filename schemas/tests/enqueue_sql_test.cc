@@ -131,5 +131,20 @@ TEST(EnqueueSqlTest, NotifiesRelays) {
   EXPECT_GE(listener->await_notification(5, 0), 1);
 }
 
+TEST(EnqueueSqlTest, NotifyOffSkipsTheWakeUpButStillEnqueues) {
+  TestDatabase db;
+  ASSERT_TRUE(db.ok());
+  auto listener = db.Connect();
+  pqxx::nontransaction(*listener).exec("LISTEN converge_outbox");
+  ASSERT_TRUE(Exec(db, "SET converge.notify = off; "
+                       "SELECT converge.enqueue('t', 'k', 't', '{}')")
+                  .ok());
+  EXPECT_EQ(listener->await_notification(1, 0), 0);
+  EXPECT_EQ(db.Count("SELECT count(*) FROM converge.outbox"), 1);
+  // Back on (the default) in another session: notified again.
+  ASSERT_TRUE(Exec(db, "SELECT converge.enqueue('t', 'k', 't', '{}')").ok());
+  EXPECT_GE(listener->await_notification(5, 0), 1);
+}
+
 }  // namespace
 }  // namespace converge
