@@ -326,7 +326,7 @@ void RegisterShipping(converge::consumer::Consumer& consumer, const std::string&
         tx.exec_params0(
             "UPDATE shop.shipments s SET state = CASE c.status WHEN 'applied' THEN 'delivered' "
             "ELSE 'failed' END FROM converge.device_commands c WHERE s.order_id = $1 AND "
-            "s.state = 'sent' AND c.command_id = s.command_id AND c.status IN ('applied', "
+            "s.state = 'sent' AND c.id = s.command_id AND c.status IN ('applied', "
             "'rejected', 'expired')",
             c.order_id);
         const std::string state =
@@ -359,7 +359,7 @@ void RegisterDeviceIngest(converge::consumer::Consumer& consumer) {
         // transaction.
         pqxx::result r = tx.exec_params(
             "SELECT s.order_id, s.flow_headers::text, c.status FROM shop.shipments s "
-            "JOIN converge.device_commands c ON c.command_id = s.command_id "
+            "JOIN converge.device_commands c ON c.id = s.command_id "
             "WHERE s.command_id::text = $1 AND s.state = 'sent' AND c.status IN ('applied', "
             "'rejected', 'expired') FOR UPDATE OF s",
             id->second);
