@@ -112,6 +112,14 @@ relay_flags=(--metrics.port=9464 --relay.lease_ttl=6s --relay.lease_renew_interv
 psql_ -c "DROP SCHEMA IF EXISTS shop CASCADE" >/dev/null
 psql_ -c "DELETE FROM converge.flows WHERE flow_type = 'shop.order'" >/dev/null
 psql_ -c "DELETE FROM converge.device_commands WHERE device_id LIKE 'truck-%'" >/dev/null
+# converge-devkafka keeps its topics in memory: after a services restart the shop topics start
+# again at offset 0, so positions stored by an earlier demo run would skip the new records.
+psql_ >/dev/null <<SQL
+DELETE FROM converge.consumer_offsets WHERE consumer_group LIKE 'shop-%';
+DELETE FROM converge.inbox WHERE consumer_group LIKE 'shop-%';
+DELETE FROM converge.consumer_key_seq WHERE consumer_group LIKE 'shop-%';
+DELETE FROM converge.dead_letters WHERE consumer_group LIKE 'shop-%';
+SQL
 "$bin/converge-shop" setup --skus 10 --stock 25 --shipping 1
 "$bin/converge-device-sim" --url "$CONVERGE_MQTT_URL" --devices 5 --prefix truck- \
   --toggle-probability 0.05 --duration 900 --seed 7 >"$CONVERGE_STATE_DIR/demo-devices.log" 2>&1 &
