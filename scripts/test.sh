@@ -46,10 +46,7 @@ services_running || started_here=1
 cleanup() {
   local rc=$?
   if ((started_here)); then "$services" stop >/dev/null 2>&1 || true; fi
-  if [[ ( -z "$label" && -z "$regex" && -z "$sanitize" ) || "$label" == fuzz ]]; then
-  "$CONVERGE_ROOT/scripts/fuzz.sh" --seconds "${CONVERGE_FUZZ_SECONDS:-20}" || rc=1
-fi
-exit "$rc"
+  exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -197,7 +197,10 @@ TEST(RelayMqtt, BrokerKilledAndRestartedMidStreamLosesNothingAndKeepsKeyOrder) {
   EXPECT_EQ(f.db.Count("SELECT count(*) FROM converge.dead_letters"), 0);
   reader.WaitFor(ids.size(), seconds(5));
   CheckDelivery(reader.Received(), ids);
-  EXPECT_GT(relay.stats().failed.load() + relay.stats().retried.load(), 0u);
+  // Whether a publish failed during the outage depends on timing: Paho reconnects and may
+  // deliver a batch it buffered while the broker was away within the publish timeout. What
+  // must hold either way is checked above: the stream straddled the kill, nothing was lost or
+  // dead-lettered, and per-key order held.
 }
 
 TEST(RelayMqtt, BulkheadHungMqttBrokerDoesNotSlowKafka) {

@@ -140,10 +140,11 @@ int Unpark(Invocation& inv) {
     if (cur.empty())
       return Status::NotFound("key " + topic + "/" + key + " is neither parked nor backing off");
     const bool parked = cur[0][0].as<bool>();
-    const std::optional<int64_t> dead =
-        cur[0][2].is_null() ? std::nullopt : std::optional<int64_t>(cur[0][2].as<int64_t>());
-    if (parked && dead && !force) {
-      const std::string id = std::to_string(*dead);
+    // The open dead letter at the key's head, -1 when none (a plain value: GCC 12 warns about
+    // std::optional<int64_t> here with a false -Wmaybe-uninitialized).
+    const int64_t dead = cur[0][2].is_null() ? -1 : cur[0][2].as<int64_t>();
+    if (parked && dead >= 0 && !force) {
+      const std::string id = std::to_string(dead);
       return Status::FailedPrecondition(
           "key " + topic + "/" + key + " is parked by open dead letter " + id +
           " (its head message " + cur[0][1].c_str() +
@@ -159,13 +160,13 @@ int Unpark(Invocation& inv) {
     text = std::string(inv.dry_run() ? "would unpark" : "unparked") + " key " + topic + "/" + key +
            (parked ? "" : " (it was backing off; its head row is retried now)") + ": " +
            std::to_string(waiting) + " waiting row(s) will be published";
-    if (parked && dead)
-      text += "; dead letter " + std::to_string(*dead) +
+    if (parked && dead >= 0)
+      text += "; dead letter " + std::to_string(dead) +
               " stays open and its message is skipped (--force)";
     inv.Audit(tx, "keys.unpark", "key:" + topic + "/" + key,
               std::string("{\"was\":\"") + (parked ? "parked" : "backoff") + "\",\"forced\":" +
                   (force ? "true" : "false") + ",\"waiting_rows\":" + std::to_string(waiting) +
-                  (dead ? ",\"dead_letter_id\":" + std::to_string(*dead) : "") + "}");
+                  (dead >= 0 ? ",\"dead_letter_id\":" + std::to_string(dead) : "") + "}");
     return Status::Ok();
   });
   if (!st.ok()) return inv.Fail(st);
