@@ -116,55 +116,11 @@ bool LogfmtNeedsQuotes(std::string_view v) {
 }
 
 void AppendLogfmtValue(std::string& out, std::string_view v) {
-  static constexpr char kHex[] = "0123456789abcdef";
   if (!LogfmtNeedsQuotes(v)) {
     out.append(v);
     return;
   }
-  out.push_back('"');
-  for (size_t i = 0; i < v.size();) {
-    const unsigned char c = static_cast<unsigned char>(v[i]);
-    if (c >= 0x80) {
-      const size_t n = obs_internal::Utf8SequenceLength(v, i);
-      if (n == 0) {  // not UTF-8: show the byte, keep the line valid text
-        out += "\\x";
-        out.push_back(kHex[c >> 4]);
-        out.push_back(kHex[c & 0xF]);
-        ++i;
-      } else {
-        out.append(v.substr(i, n));
-        i += n;
-      }
-      continue;
-    }
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (c < 0x20 || c == 0x7F) {
-          out += "\\x";
-          out.push_back(kHex[c >> 4]);
-          out.push_back(kHex[c & 0xF]);
-        } else {
-          out.push_back(static_cast<char>(c));
-        }
-    }
-    ++i;
-  }
-  out.push_back('"');
+  obs_internal::AppendQuoted(out, v, obs_internal::QuoteStyle::kLogfmt);
 }
 
 // Renders a field value as text (strings redacted). `json_literal` is set when the text is a

@@ -45,15 +45,22 @@ std::string FormatDouble(double v) {
   return std::string(buf, end);
 }
 
-void AppendJsonString(std::string& out, std::string_view s) {
+void AppendQuoted(std::string& out, std::string_view s, QuoteStyle style) {
   static constexpr char kHex[] = "0123456789abcdef";
+  const char* control_prefix = style == QuoteStyle::kJson ? "\\u00" : "\\x";
   out.push_back('"');
   for (size_t i = 0; i < s.size();) {
     const unsigned char c = static_cast<unsigned char>(s[i]);
     if (c >= 0x80) {
       const size_t n = Utf8SequenceLength(s, i);
       if (n == 0) {
-        out += "\xEF\xBF\xBD";  // U+FFFD
+        if (style == QuoteStyle::kJson) {
+          out += "\xEF\xBF\xBD";  // U+FFFD
+        } else {
+          out += "\\x";
+          out.push_back(kHex[c >> 4]);
+          out.push_back(kHex[c & 0xF]);
+        }
         ++i;
       } else {
         out.append(s.substr(i, n));
@@ -79,7 +86,7 @@ void AppendJsonString(std::string& out, std::string_view s) {
         break;
       default:
         if (c < 0x20 || c == 0x7F) {
-          out += "\\u00";
+          out += control_prefix;
           out.push_back(kHex[c >> 4]);
           out.push_back(kHex[c & 0xF]);
         } else {
@@ -89,6 +96,10 @@ void AppendJsonString(std::string& out, std::string_view s) {
     ++i;
   }
   out.push_back('"');
+}
+
+void AppendJsonString(std::string& out, std::string_view s) {
+  AppendQuoted(out, s, QuoteStyle::kJson);
 }
 
 size_t EditDistance(std::string_view a, std::string_view b) {

@@ -15,8 +15,16 @@ size_t Utf8SequenceLength(std::string_view s, size_t i);
 // Shortest text that reads back as the same double: "1", "0.25", "1e+21"; "NaN", "+Inf", "-Inf".
 std::string FormatDouble(double v);
 
-// Appends `s` as a JSON string literal (with quotes). Control characters are escaped; bytes
-// that are not well-formed UTF-8 become U+FFFD so the output is always valid JSON.
+// How AppendQuoted writes what cannot appear as is: control characters and bytes that are not
+// well-formed UTF-8.
+enum class QuoteStyle {
+  kJson,    // controls as \u00XX; malformed bytes become U+FFFD (always valid JSON)
+  kLogfmt,  // controls and malformed bytes as \xXX (the original byte stays visible)
+};
+// Appends `s` in double quotes; `"`, `\`, \n, \r and \t are backslash-escaped.
+void AppendQuoted(std::string& out, std::string_view s, QuoteStyle style);
+
+// AppendQuoted(out, s, QuoteStyle::kJson): a JSON string literal.
 void AppendJsonString(std::string& out, std::string_view s);
 
 // Levenshtein distance, for "did you mean" suggestions.
