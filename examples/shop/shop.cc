@@ -96,13 +96,23 @@ converge::Result<Command> ParseCommand(Context& ctx, const converge::Message& m)
                  r[0][2].as<int>(), r[0][3].as<int>()};
 }
 
+// The flow coordinates (converge-flow-* headers) of a flow command; its reply must echo them.
+std::map<std::string, std::string> FlowHeaders(const converge::Message& command) {
+  std::map<std::string, std::string> out;
+  for (const auto& [name, value] : command.headers)
+    if (name.rfind("converge-flow-", 0) == 0) out[name] = value;
+  return out;
+}
+
 // A reply to the orchestrator carries the flow headers of the command it answers.
 Status Reply(Context& ctx, const converge::Message& command, const std::string& type) {
-  converge::outbox::OutboxMessage reply{
-      .topic = kRepliesTopic, .key = command.subject, .type = type, .payload = "{}"};
-  for (const auto& [name, value] : command.headers)
-    if (name.rfind("converge-flow-", 0) == 0) reply.headers[name] = value;
-  return ctx.Enqueue(reply).status();
+  return ctx
+      .Enqueue({.topic = kRepliesTopic,
+                .key = command.subject,
+                .type = type,
+                .payload = "{}",
+                .headers = FlowHeaders(command)})
+      .status();
 }
 
 double Percentile(std::vector<double> v, double p) {
@@ -312,13 +322,10 @@ void RegisterShipping(converge::consumer::Consumer& consumer, const std::string&
                                                  .name = "deliver",
                                                  .payload = "{\"order_id\":\"" + c.order_id + "\"}",
                                                  .ttl = std::chrono::seconds(60)}));
-          std::map<std::string, std::string> fh;
-          for (const auto& [name, value] : m.headers)
-            if (name.rfind("converge-flow-", 0) == 0) fh[name] = value;
           tx.exec_params0(
               "INSERT INTO shop.shipments (order_id, device_id, command_id, flow_headers, state) "
               "VALUES ($1, $2, $3::uuid, $4::jsonb, 'sent')",
-              c.order_id, device, sent.command_id, converge::JsonObjectOfStrings(fh));
+              c.order_id, device, sent.command_id, converge::JsonObjectOfStrings(FlowHeaders(m)));
           return Status::Ok();  // the reply comes with the device's ack
         }
         // A re-asked step: answer again if the device already finished; a command that expired
