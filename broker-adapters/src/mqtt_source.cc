@@ -505,7 +505,9 @@ class SourceImpl {
 // parked (then the implementation, its Paho client and its state are leaked on purpose).
 class MqttSource final : public MessageSource {
  public:
-  explicit MqttSource(MqttOptions o) : impl_(new SourceImpl(std::move(o))) {}
+  explicit MqttSource(MqttOptions o)
+      : max_processing_(converge::broker::MaxProcessingTime(o)),
+        impl_(new SourceImpl(std::move(o))) {}
   ~MqttSource() override {
     impl_->Close();
     if (!impl_->leaked()) delete impl_;
@@ -518,9 +520,11 @@ class MqttSource final : public MessageSource {
   }
   void Ack(const std::vector<ReceivedRecord>& records) override { impl_->Ack(records); }
   Status Seek(const TopicPartition& tp, int64_t offset) override { return impl_->Seek(tp, offset); }
+  std::optional<milliseconds> MaxProcessingTime() const override { return max_processing_; }
   void Close() override { impl_->Close(); }
 
  private:
+  const milliseconds max_processing_;
   SourceImpl* impl_;
 };
 

@@ -330,8 +330,12 @@ TEST(MqttSource, PubackHeldUntilAckSoAnUnackedMessageIsRedelivered) {
   ASSERT_TRUE(broker.Start()) << broker.error();
   const std::string id = NewUuidV7().ToString();
   {
-    auto src = MakeMqttSource(SourceOptionsFor(broker, "consumer-a"));
+    const auto options = SourceOptionsFor(broker, "consumer-a");
+    auto src = MakeMqttSource(options);
     ASSERT_TRUE(src.ok()) << src.status();
+    // The runtime bounds the handler by this: half the keepalive (no ping while held).
+    EXPECT_EQ((*src)->MaxProcessingTime(), std::optional(MaxProcessingTime(options)));
+    EXPECT_EQ(MaxProcessingTime(options).count() * 2, options.keep_alive.count() * 1000);
     NoopListener l;
     l.floor = 1000;
     ASSERT_TRUE((*src)->Subscribe({"dev/+/evt"}, &l).ok());

@@ -79,6 +79,15 @@ class MessageSource {
     return std::nullopt;
   }
 
+  // The longest the runtime may take between Poll() returning a record and Ack() for it before
+  // the broker gives up on this delivery and redelivers it (MQTT: half the keepalive, because no
+  // ping goes out while a PUBACK is held). nullopt: no such bound (Kafka, whose consumer keeps
+  // its group membership from a background thread). The runtime bounds the handler's SQL by it
+  // and counts an overrun as a failed attempt, so a slow message cannot loop forever.
+  virtual std::optional<std::chrono::milliseconds> MaxProcessingTime() const {
+    return std::nullopt;
+  }
+
   virtual void Close() = 0;
 };
 
