@@ -24,7 +24,8 @@
 #include "converge/outbox/relay.h"
 #include "converge/pubsub/device_client.h"
 #include "converge/pubsub/devices.h"
-#include "converge/pubsub/testing/private_mosquitto.h"
+#include "converge/pubsub/testing/device_acl.h"
+#include "converge/testing/mosquitto.h"
 #include "converge/testing/pg_fixture.h"
 #include "converge/testing/process.h"
 
@@ -38,7 +39,7 @@ using namespace std::chrono_literals;
     const converge::Status st_ = (expr); \
     ASSERT_TRUE(st_.ok()) << st_;        \
   } while (0)
-using testing::PrivateMosquitto;
+using converge::testing::MosquittoBroker;
 
 bool WaitUntil(const std::function<bool()>& done, std::chrono::milliseconds limit = 15s) {
   const auto end = std::chrono::steady_clock::now() + limit;
@@ -302,7 +303,7 @@ class DevicesMqttTest : public ::testing::Test {
   bool OutboxEmpty() { return db_.Count("SELECT count(*) FROM converge.outbox") == 0; }
 
   converge::testing::TestDatabase db_;
-  PrivateMosquitto broker_;
+  MosquittoBroker broker_;
   std::unique_ptr<pqxx::connection> conn_;
   std::unique_ptr<outbox::Relay> relay_;
   std::thread relay_thread_;
@@ -611,9 +612,9 @@ TEST_F(DevicesMqttTest, SimulatorRunsDevicesThatGoOfflineAndOnline) {
 // The state file keeps the counters across restarts: a counter ahead of the clock (e.g. the
 // clock was set back after a reboot) still grows, so a stale will stays stale.
 TEST(DeviceStateFileTest, ConnectionCounterGrowsAcrossRestartsEvenWhenTheClockIsBehind) {
-  PrivateMosquitto broker({.users = {{"d1", "d1-pw"}},
-                           .acl = testing::DeviceAcl("relay", "ingest"),
-                           .persistence = false});
+  MosquittoBroker broker({.users = {{"d1", "d1-pw"}},
+                          .acl = testing::DeviceAcl("relay", "ingest"),
+                          .persistence = false});
   ASSERT_TRUE(broker.Start()) << broker.error();
   const std::string state = ::testing::TempDir() + "device_state_" + std::to_string(::getpid());
   DeviceOptions o;
@@ -641,10 +642,10 @@ TEST(DeviceStateFileTest, ConnectionCounterGrowsAcrossRestartsEvenWhenTheClockIs
 // TLS: a device connects over ssl:// with the CA that signed the broker's certificate (host
 // name checked against the certificate's 127.0.0.1) and is refused with an unrelated CA.
 TEST(DevicesTlsTest, DeviceConnectsOverTlsWithTheRightCaOnly) {
-  PrivateMosquitto broker({.users = {{"d1", "d1-pw"}},
-                           .acl = testing::DeviceAcl("relay", "ingest"),
-                           .persistence = false,
-                           .tls = true});
+  MosquittoBroker broker({.users = {{"d1", "d1-pw"}},
+                          .acl = testing::DeviceAcl("relay", "ingest"),
+                          .persistence = false,
+                          .tls_listener = true});
   ASSERT_TRUE(broker.Start()) << broker.error();
   DeviceOptions o;
   o.url = broker.tls_url();

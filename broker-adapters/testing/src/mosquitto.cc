@@ -97,28 +97,22 @@ bool MosquittoBroker::WriteFiles() {
   if (::geteuid() == 0) conf << "user root\n";
   conf << "per_listener_settings false\n"
        << "listener " << port_ << " 127.0.0.1\n";
-  if (config_.tls) {
-    std::ofstream(dir_ + "/san.ext") << "subjectAltName=IP:127.0.0.1\n";
-    const std::vector<std::vector<std::string>> steps = {
-        {"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", dir_ + "/ca.key",
-         "-out", dir_ + "/ca.crt", "-days", "2", "-subj", "/CN=converge-test-ca"},
-        {"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
-         dir_ + "/other-ca.key", "-out", dir_ + "/other-ca.crt", "-days", "2", "-subj",
-         "/CN=other-test-ca"},
-        {"openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", dir_ + "/server.key", "-out",
-         dir_ + "/server.csr", "-subj", "/CN=127.0.0.1"},
-        {"openssl", "x509", "-req", "-in", dir_ + "/server.csr", "-CA", dir_ + "/ca.crt", "-CAkey",
-         dir_ + "/ca.key", "-CAcreateserial", "-out", dir_ + "/server.crt", "-days", "2",
-         "-extfile", dir_ + "/san.ext"},
-    };
-    for (const auto& step : steps) {
-      if (RunQuiet(step) != 0) {
-        error_ = "openssl failed: " + step[1] + " (is the openssl CLI installed?)";
-        return false;
-      }
-    }
+  const auto tls_files = [&] {
     conf << "cafile " << dir_ << "/ca.crt\ncertfile " << dir_ << "/server.crt\nkeyfile " << dir_
          << "/server.key\n";
+  };
+  if (config_.tls || config_.tls_listener) {
+    if (!MakeCertificates()) return false;
+  }
+  if (config_.tls) tls_files();
+  if (config_.tls_listener) {
+    tls_port_ = FreePort();
+    if (tls_port_ == 0 || tls_port_ == port_) {
+      error_ = "no free port for the TLS listener";
+      return false;
+    }
+    conf << "listener " << tls_port_ << " 127.0.0.1\n";
+    tls_files();
   }
   if (config_.users.empty()) {
     conf << "allow_anonymous true\n";
@@ -141,6 +135,39 @@ bool MosquittoBroker::WriteFiles() {
     conf << "persistence true\npersistence_location " << dir_ << "/data/\nautosave_interval 1\n";
   conf << "log_dest file " << dir_ << "/broker.log\nlog_type all\n" << config_.extra << "\n";
   std::ofstream(dir_ + "/mosquitto.conf") << conf.str();
+  return true;
+}
+
+// A CA and a server certificate for 127.0.0.1 (IP SAN), and an unrelated CA, made with the
+// openssl CLI (EC keys: fast to generate).
+bool MosquittoBroker::MakeCertificates() {
+  const std::string d = dir_ + "/";
+  std::ofstream(d + "san.ext") << "subjectAltName=IP:127.0.0.1\n";
+  const std::vector<std::string> ec = {"-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                                       "-nodes"};
+  const auto with_key = [&](std::vector<std::string> head, std::vector<std::string> tail) {
+    head.insert(head.end(), ec.begin(), ec.end());
+    head.insert(head.end(), tail.begin(), tail.end());
+    return head;
+  };
+  const std::vector<std::vector<std::string>> steps = {
+      with_key({"openssl", "req", "-x509"}, {"-keyout", d + "ca.key", "-out", d + "ca.crt", "-days",
+                                             "2", "-subj", "/CN=converge-test-ca"}),
+      with_key({"openssl", "req", "-x509"},
+               {"-keyout", d + "other-ca.key", "-out", d + "other-ca.crt", "-days", "2", "-subj",
+                "/CN=other-test-ca"}),
+      with_key({"openssl", "req"},
+               {"-keyout", d + "server.key", "-out", d + "server.csr", "-subj", "/CN=127.0.0.1"}),
+      {"openssl", "x509", "-req", "-in", d + "server.csr", "-CA", d + "ca.crt", "-CAkey",
+       d + "ca.key", "-CAcreateserial", "-out", d + "server.crt", "-days", "2", "-extfile",
+       d + "san.ext"},
+  };
+  for (const auto& step : steps) {
+    if (RunQuiet(step) != 0) {
+      error_ = "openssl failed: " + step[1] + " (is the openssl CLI installed?)";
+      return false;
+    }
+  }
   return true;
 }
 

@@ -32,6 +32,8 @@ struct MosquittoConfig {
   // generated with the openssl CLI; url() is then ssl://127.0.0.1:<port>, ca_file() the CA, and
   // other_ca_file() a second CA that did not sign the server certificate.
   bool tls = false;
+  // A second listener, with TLS, beside the plain one (tls_url(); same CA files as above).
+  bool tls_listener = false;
   // Extra mosquitto.conf lines (e.g. "max_inflight_messages 1").
   std::string extra;
 };
@@ -57,6 +59,10 @@ class MosquittoBroker {
   std::string url() const {
     return (config_.tls ? "ssl://127.0.0.1:" : "tcp://127.0.0.1:") + std::to_string(port_);
   }
+  // The TLS listener: url() when `tls`, the second listener when `tls_listener`.
+  std::string tls_url() const {
+    return "ssl://127.0.0.1:" + std::to_string(config_.tls ? port_ : tls_port_);
+  }
   std::string ca_file() const { return dir_ + "/ca.crt"; }
   std::string other_ca_file() const { return dir_ + "/other-ca.crt"; }
   const std::string& dir() const { return dir_; }
@@ -72,11 +78,13 @@ class MosquittoBroker {
 
  private:
   bool WriteFiles();
+  bool MakeCertificates();
   void Reap(std::chrono::milliseconds timeout);
 
   MosquittoConfig config_;
   std::string dir_;
   int port_ = 0;
+  int tls_port_ = 0;
   pid_t pid_ = -1;
   std::string error_;
 };
