@@ -58,8 +58,10 @@ using config_internal::KeySpec;
 using config_internal::PassThroughSpec;
 using config_internal::PassValue;
 using config_internal::Value;
+using obs_internal::AppendQuoted;
 using obs_internal::AsciiLower;
 using obs_internal::EqualsIgnoreCase;
+using obs_internal::QuoteStyle;
 using obs_internal::Trim;
 
 struct ConfigSchema::Impl {
@@ -343,29 +345,8 @@ std::string FileValue(std::string_view v) {
     }
   }
   if (plain) return std::string(v);
-  std::string out = "\"";
-  for (char c : v) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        out.push_back(c);
-    }
-  }
-  out += "\"";
+  std::string out;
+  AppendQuoted(out, v, QuoteStyle::kLogfmt);  // the parser reads its \xHH escapes back
   return out;
 }
 
@@ -623,6 +604,22 @@ Result<std::vector<ConfigFileEntry>> ParseConfigText(std::string_view text,
           case 't':
             value.push_back('\t');
             break;
+          case 'x': {  // \xHH: any byte (what --print-config writes for controls, bad UTF-8)
+            const auto hex = [](char h) -> int {
+              if (h >= '0' && h <= '9') return h - '0';
+              if (h >= 'a' && h <= 'f') return h - 'a' + 10;
+              if (h >= 'A' && h <= 'F') return h - 'A' + 10;
+              return -1;
+            };
+            const int hi = i + 1 < v.size() ? hex(v[i + 1]) : -1;
+            const int lo = i + 2 < v.size() ? hex(v[i + 2]) : -1;
+            if (hi < 0 || lo < 0)
+              return err("invalid \\x escape (two hex digits expected) in quoted value of key " +
+                         Quoted(full));
+            value.push_back(static_cast<char>(hi * 16 + lo));
+            i += 2;
+            break;
+          }
           default:
             return err("invalid escape in quoted value of key " + Quoted(full));
         }

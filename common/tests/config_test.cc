@@ -369,6 +369,31 @@ TEST(ConfigFileTest, ErrorsNameTheLineButNotTheValue) {
   EXPECT_EQ(err("bad key = 1\n"), "f.conf:1: invalid key (use letters, digits, '_', '-', '.')");
   EXPECT_EQ(err("a = \"x\" y\n"), "f.conf:1: unexpected text after quoted value of key 'a'");
   EXPECT_EQ(err("a = \"\\q\"\n"), "f.conf:1: invalid escape in quoted value of key 'a'");
+  EXPECT_EQ(err("a = \"\\x4\"\n"),
+            "f.conf:1: invalid \\x escape (two hex digits expected) in quoted value of key 'a'");
+}
+
+// What DumpEffective writes reads back as the same value, whatever bytes it holds: quotes,
+// backslashes, a leading space, " #", controls and malformed UTF-8 (written as \xHH).
+TEST(ConfigFileTest, DumpedValuesReadBackUnchanged) {
+  RelaySchema r;
+  const std::vector<std::string> values = {"plain",    " lead",           "a \"q\" b\\c",
+                                           "x #not",   "tab\there\nnl",   std::string("nul\0b", 5),
+                                           "bell\x07", "bad\xff\xfeutf8", "caf\xc3\xa9"};
+  for (const auto& v : values) {
+    auto cfg = r.schema.Load(Inputs({"--database.url=x", "--kafka.client.id=" + v}));
+    ASSERT_TRUE(cfg.ok()) << cfg.status();
+    const std::string dump = cfg->DumpEffective();
+    auto entries = ParseConfigText(dump, "dump.conf");
+    ASSERT_TRUE(entries.ok()) << entries.status() << "\n" << dump;
+    bool found = false;
+    for (const auto& e : *entries) {
+      if (e.key != "kafka.client.id") continue;
+      found = true;
+      EXPECT_EQ(e.value, v) << dump;
+    }
+    EXPECT_TRUE(found) << dump;
+  }
 }
 
 TEST(ConfigValuesTest, Durations) {
