@@ -24,7 +24,8 @@
 //   [relay]                           prefixes the keys below with "relay."; [] clears it
 //   batch_size = 200                  → relay.batch_size
 //   kafka.bootstrap.servers = k1:9092 dotted keys as they are
-//   name = "two words # not a comment" double quotes: \" \\ \n \t escapes; 'single' is literal
+//   name = "two words # not a comment" double quotes: \" \\ \n \r \t \xHH escapes;
+//                                     'single' is literal
 //   timeout = 5s  # trailing comment  in an unquoted value, whitespace followed by # starts a
 //                                     comment; a # not preceded by whitespace is kept
 // A key may appear once per file.
