@@ -44,6 +44,10 @@ Status ReconcilerOptions::Validate() const {
     return Status::InvalidArgument("reconciler.outbox_age_threshold must be > 0");
   if (reconnect_interval.count() <= 0)
     return Status::InvalidArgument("reconciler.reconnect_interval must be > 0");
+  if (devices_sweep_interval.count() <= 0)
+    return Status::InvalidArgument("devices.sweep_interval must be > 0");
+  if (Status st = devices.Validate(); !st.ok())
+    return Status::InvalidArgument("devices: " + st.message());
   return Status::Ok();
 }
 
@@ -53,13 +57,75 @@ struct Reconciler::Impl {
 };
 
 Reconciler::Reconciler(ReconcilerOptions options)
-    : options_(std::move(options)), impl_(std::make_unique<Impl>()) {
+    : options_(std::move(options)),
+      device_sweep_(options_.devices),
+      impl_(std::make_unique<Impl>()) {
   if (options_.instance_id.empty()) options_.instance_id = DefaultInstanceId();
 }
 
 Reconciler::~Reconciler() = default;
 
 void Reconciler::Stop() { impl_->stop.store(true); }
+
+// The device sweep under a session advisory lock: taken before RunOnce's transaction and
+// released after its commit, so a second reconciler's sweep starts only after the first one's
+// changes are visible (its re-sends moved last_sent_at, its expiries are final). The lock is
+// released with the session when the process dies.
+Result<DeviceSweepOutcome> Reconciler::SweepDevicesOnce() {
+  if (!impl_->conn || !impl_->conn->is_open()) {
+    auto c = pg::Connect(options_.database_url);
+    if (!c.ok()) {
+      stats_.ready.store(0);
+      return c.status();
+    }
+    impl_->conn = std::move(c).value();
+    stats_.ready.store(1);
+  }
+  pqxx::connection& conn = *impl_->conn;
+  DeviceSweepOutcome out;
+  auto fail = [&](const Status& st) -> Status {
+    stats_.device_sweep_errors.fetch_add(1);
+    if (st.code() == StatusCode::kUnavailable) {
+      impl_->conn.reset();  // the session (and any advisory lock it held) is gone
+      stats_.ready.store(0);
+    }
+    return st;
+  };
+  try {
+    pqxx::nontransaction q(conn);
+    auto r = q.exec_params(
+        "SELECT to_regclass('converge.device_commands') IS NOT NULL AND "
+        "to_regclass('converge.device_twins') IS NOT NULL AND "
+        "to_regclass('converge.device_presence') IS NOT NULL, "
+        "pg_try_advisory_lock($1)",
+        kDeviceSweepLockKey);
+    // Both expressions are evaluated: release the lock when there is nothing to sweep.
+    const bool tables = r[0][0].as<bool>(), locked = r[0][1].as<bool>();
+    if (!tables) {
+      if (locked) q.exec_params("SELECT pg_advisory_unlock($1)", kDeviceSweepLockKey);
+      out.kind = DeviceSweepOutcome::Kind::kNoTables;
+      return out;
+    }
+    if (!locked) {
+      stats_.device_sweeps_skipped.fetch_add(1);
+      out.kind = DeviceSweepOutcome::Kind::kLocked;
+      return out;
+    }
+  } catch (const std::exception& e) {
+    return fail(pg::StatusFromException(e));
+  }
+  auto swept = device_sweep_.RunOnce(conn);
+  try {
+    pqxx::nontransaction(conn).exec_params("SELECT pg_advisory_unlock($1)", kDeviceSweepLockKey);
+  } catch (const std::exception& e) {
+    return fail(pg::StatusFromException(e));
+  }
+  if (!swept.ok()) return fail(swept.status());
+  stats_.device_sweeps.fetch_add(1);
+  out.kind = DeviceSweepOutcome::Kind::kRan;
+  out.result = *swept;
+  return out;
+}
 
 Result<ScanResult> Reconciler::ScanOnce() {
   if (!impl_->conn || !impl_->conn->is_open()) {
@@ -213,8 +279,17 @@ StuckSnapshot Reconciler::LastSnapshot() const {
 Status Reconciler::Run() {
   CONVERGE_RETURN_IF_ERROR(options_.Validate());
   Log(Level::kInfo, "reconciler started", {{"instance", options_.instance_id}});
-  auto last_snapshot = std::chrono::steady_clock::time_point{};
+  // Periodic tasks on the steady clock. A task is also due when the clock reads earlier than
+  // its last run (a faked or broken monotonic clock stepping back must not stall it).
+  using SteadyClock = std::chrono::steady_clock;
+  auto due = [](bool done_before, SteadyClock::time_point last, SteadyClock::time_point now,
+                std::chrono::milliseconds every) {
+    return !done_before || now < last || now - last >= every;
+  };
+  auto last_snapshot = SteadyClock::time_point{};
   bool snapshot_taken = false;
+  auto last_device_sweep = SteadyClock::time_point{};
+  bool device_swept = false;
   while (!impl_->stop.load()) {
     if (options_.on_cycle) options_.on_cycle();
     auto scan = ScanOnce();
@@ -237,8 +312,30 @@ Status Reconciler::Run() {
            {"extended", scan->extended},
            {"instance", options_.instance_id}});
     }
-    const auto now = std::chrono::steady_clock::now();
-    if (!snapshot_taken || now - last_snapshot >= options_.stuck_interval) {
+    if (options_.devices_sweep &&
+        due(device_swept, last_device_sweep, SteadyClock::now(), options_.devices_sweep_interval)) {
+      auto sweep = SweepDevicesOnce();
+      if (!sweep.ok()) {
+        Log(Level::kWarn, "device sweep failed; retrying next interval",
+            {{"error", sweep.status()}, {"instance", options_.instance_id}});
+      } else if (sweep->kind == DeviceSweepOutcome::Kind::kRan) {
+        const pubsub::SweepResult& d = sweep->result;
+        if (d.expired_commands + d.marked_sent + d.resent_commands + d.resent_twins > 0) {
+          Log(Level::kInfo, "swept devices",
+              {{"expired_commands", d.expired_commands},
+               {"marked_sent", d.marked_sent},
+               {"resent_commands", d.resent_commands},
+               {"resent_twins", d.resent_twins},
+               {"unacked_commands", d.unacked_commands},
+               {"unconverged_twins", d.unconverged_twins},
+               {"instance", options_.instance_id}});
+        }
+      }
+      device_swept = true;
+      last_device_sweep = SteadyClock::now();
+    }
+    const auto now = SteadyClock::now();
+    if (due(snapshot_taken, last_snapshot, now, options_.stuck_interval)) {
       auto snap = RefreshSnapshot();
       if (!snap.ok()) {
         Log(Level::kWarn, "stuck-things snapshot failed", {{"error", snap.status()}});

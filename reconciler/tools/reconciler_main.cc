@@ -1,6 +1,6 @@
-// converge-reconciler: drives flows past their deadline (re-emit, compensate, park) and exposes
-// the stuck things Converge stores as metrics. Several may run against one database. See
-// reconciler/README.md and docs/flows.md.
+// converge-reconciler: drives flows past their deadline (re-emit, compensate, park), runs the
+// MQTT device sweep (re-send, expire) and exposes the stuck things Converge stores as metrics.
+// Several may run against one database. See reconciler/README.md and docs/flows.md.
 #include <signal.h>
 
 #include <iostream>
@@ -37,6 +37,26 @@ struct Keys {
         outbox_age(s.Duration("reconciler.outbox_age_threshold", milliseconds(300000),
                               "Outbox rows older than this count as stuck")
                        .Range(milliseconds(1), milliseconds(86400000 * 30LL))),
+        devices_sweep(s.Bool("devices.sweep", true,
+                             "Run the MQTT device sweep (re-send unacked commands and "
+                             "unconverged twins, expire commands); one reconciler at a time")),
+        devices_interval(
+            s.Duration("devices.sweep_interval", milliseconds(5000), "Pause between device sweeps")
+                .Range(milliseconds(1), milliseconds(3600000))),
+        command_resend(s.Duration("devices.command_resend_interval", milliseconds(30000),
+                                  "A sent or received command without a final ack is re-sent "
+                                  "(same id) this long after it was last written, until it "
+                                  "expires")
+                           .Range(milliseconds(1), milliseconds(86400000))),
+        twin_resend(s.Duration("devices.twin_resend_after", milliseconds(60000),
+                               "An unconverged twin's desired state is re-sent this long after "
+                               "its last change or re-send")
+                        .Range(milliseconds(1), milliseconds(86400000))),
+        skip_offline(s.Bool("devices.skip_offline", true,
+                            "Do not re-send to devices whose presence is offline (their online "
+                            "message makes them due)")),
+        max_resends(s.Int("devices.max_resends", 500, "Commands and twins re-sent per sweep (each)")
+                        .Range(1, 100000)),
         metrics_host(
             s.String("metrics.host", "127.0.0.1", "Interface for /metrics, /healthz, /readyz")),
         metrics_port(s.Int("metrics.port", 9465, "Port for /metrics (0 = ephemeral, -1 = off)")
@@ -48,12 +68,16 @@ struct Keys {
   ConfigKey<std::string> db_url, instance_id;
   ConfigKey<int64_t> batch_size;
   ConfigKey<milliseconds> poll_interval, stuck_interval, outbox_age;
+  ConfigKey<bool> devices_sweep;
+  ConfigKey<milliseconds> devices_interval, command_resend, twin_resend;
+  ConfigKey<bool> skip_offline;
+  ConfigKey<int64_t> max_resends;
   ConfigKey<std::string> metrics_host;
   ConfigKey<int64_t> metrics_port;
   ConfigKey<std::string> log_level, log_format;
 };
 
-Status RegisterMetrics(metrics::Registry& reg, const reconciler::Reconciler& r) {
+Status RegisterMetrics(metrics::Registry& reg, reconciler::Reconciler& r) {
   const reconciler::ReconcilerStats& st = r.stats();
   auto counter = [&](const char* name, const char* help, const std::atomic<uint64_t>& v) {
     return reg.AddCallback(name, help, metrics::MetricType::kCounter, {}, [&v] {
@@ -76,6 +100,17 @@ Status RegisterMetrics(metrics::Registry& reg, const reconciler::Reconciler& r) 
                                    "Deadlines extended because the last emission was not "
                                    "published yet (relay behind)",
                                    st.extended));
+  CONVERGE_RETURN_IF_ERROR(reg.AddCallback(
+      "converge_reconciler_device_sweeps_total",
+      "Device sweeps: run by this reconciler, skipped (another reconciler was sweeping), failed",
+      metrics::MetricType::kCounter, {"outcome"}, [&st] {
+        return std::vector<metrics::Sample>{{{"ran"}, double(st.device_sweeps.load())},
+                                            {{"skipped"}, double(st.device_sweeps_skipped.load())},
+                                            {{"failed"}, double(st.device_sweep_errors.load())}};
+      }));
+  // converge_device_sweep_total{action}, converge_device_unacked_commands and
+  // converge_device_unconverged_twins: what the sweeps run by this reconciler did.
+  CONVERGE_RETURN_IF_ERROR(r.device_sweep().RegisterMetrics(reg));
   CONVERGE_RETURN_IF_ERROR(counter("converge_reconciler_errors_total",
                                    "Passes that failed (database unreachable, aborted)",
                                    st.errors));
@@ -137,7 +172,8 @@ Status RegisterMetrics(metrics::Registry& reg, const reconciler::Reconciler& r) 
 int Main(int argc, char** argv) {
   ConfigSchema schema("converge-reconciler",
                       "Re-emits, compensates or parks flows past their deadline (database "
-                      "clock) and exposes stuck outbox rows, parked keys and dead letters.");
+                      "clock), re-sends and expires MQTT device commands and twins, and exposes "
+                      "stuck outbox rows, parked keys and dead letters.");
   const Keys k(schema);
   auto inputs = ConfigInputs::FromMain(argc, argv);
   for (const auto& a : inputs.args) {
@@ -168,6 +204,12 @@ int Main(int argc, char** argv) {
   ro.poll_interval = cfg.Get(k.poll_interval);
   ro.stuck_interval = cfg.Get(k.stuck_interval);
   ro.outbox_age_threshold = cfg.Get(k.outbox_age);
+  ro.devices_sweep = cfg.Get(k.devices_sweep);
+  ro.devices_sweep_interval = cfg.Get(k.devices_interval);
+  ro.devices.command_resend_interval = cfg.Get(k.command_resend);
+  ro.devices.twin_resend_after = cfg.Get(k.twin_resend);
+  ro.devices.skip_offline_devices = cfg.Get(k.skip_offline);
+  ro.devices.max_resends = static_cast<int>(cfg.Get(k.max_resends));
   if (Status valid = ro.Validate(); !valid.ok()) {
     std::cerr << "converge-reconciler: invalid configuration: " << valid.message() << "\n";
     return 2;

@@ -1,6 +1,9 @@
 // The reconciler engine behind `converge-reconciler`: finds flows past their deadline and drives
 // them (re-emit, compensate in reverse order, park as needs_attention), and measures the other
 // stuck things Converge stores (old outbox rows, parked keys, open dead letters, flows by state).
+// It also runs the MQTT device sweep (pubsub::DeviceSweep: re-send unacked commands and
+// unconverged twins, expire commands) every devices_sweep_interval, so that applications need
+// not run it themselves.
 //
 //   Reconciler r(options);
 //   r.Run();              // until Stop(); or ScanOnce() from a test loop
@@ -10,6 +13,12 @@
 // several reconcilers share the work without waiting for each other, and the host clock (skewed,
 // jumping) never decides whether a flow is late. A reconciler killed mid-pass loses only its
 // open transaction: nothing it emitted or changed in that pass is committed.
+//
+// The device sweep is run by one reconciler at a time: each sweep holds the session advisory
+// lock kDeviceSweepLockKey while it runs (pg_try_advisory_lock; a reconciler that does not get
+// it skips that sweep). Sweeps are therefore serial across reconcilers: a command is re-sent at
+// most once per command_resend_interval and expired once, whatever the number of reconcilers.
+// A reconciler killed mid-sweep loses its session, hence the lock and the open transaction.
 //
 // Thread safety: Run() on one thread; Stop() and stats() from any thread.
 #pragma once
@@ -24,8 +33,12 @@
 #include <string>
 
 #include "converge/common/status.h"
+#include "converge/pubsub/devices.h"
 
 namespace converge::reconciler {
+
+// The session advisory lock that serializes device sweeps across reconcilers ("devsweep").
+inline constexpr int64_t kDeviceSweepLockKey = 0x6465767377656570;
 
 struct ReconcilerOptions {
   // PostgreSQL URL of the database with the converge schema. Required.
@@ -45,6 +58,14 @@ struct ReconcilerOptions {
   // Called once per loop iteration of Run() (also while the database is unreachable), for a
   // liveness heartbeat. Optional; must be quick and thread-safe.
   std::function<void()> on_cycle;
+
+  // The device sweep (MQTT commands and twins; idle while the device tables of migration 0004
+  // are absent). Disabled: the reconciler only measures the device tables.
+  bool devices_sweep = true;
+  // Pause between device sweeps (host monotonic clock; every decision inside uses now()).
+  std::chrono::milliseconds devices_sweep_interval{5000};
+  // command_resend_interval, twin_resend_after, skip_offline_devices, max_resends.
+  pubsub::SweepOptions devices;
 
   // Names the first bad field.
   Status Validate() const;
@@ -82,6 +103,17 @@ struct StuckSnapshot {
   int64_t unconverged_device_twins = -1;
 };
 
+// What one device sweep attempt did.
+struct DeviceSweepOutcome {
+  enum class Kind {
+    kRan,       // this reconciler swept; `result` holds the counts
+    kLocked,    // another reconciler was sweeping (held kDeviceSweepLockKey): skipped
+    kNoTables,  // the device tables (migration 0004) do not exist: nothing to sweep
+  };
+  Kind kind = Kind::kRan;
+  pubsub::SweepResult result;
+};
+
 // Counters since start; read by the metrics endpoint.
 struct ReconcilerStats {
   std::atomic<uint64_t> passes{0};
@@ -93,6 +125,10 @@ struct ReconcilerStats {
   std::atomic<uint64_t> extended{0};
   std::atomic<uint64_t> errors{0};
   std::atomic<int64_t> ready{0};  // 1 while connected
+  // Device sweeps: run by this reconciler, skipped because another one held the lock, failed.
+  std::atomic<uint64_t> device_sweeps{0};
+  std::atomic<uint64_t> device_sweeps_skipped{0};
+  std::atomic<uint64_t> device_sweep_errors{0};
 };
 
 class Reconciler {
@@ -110,17 +146,24 @@ class Reconciler {
   // One pass over due flows (at most batch_size per transaction, repeated while batches are
   // full). Connects when needed.
   Result<ScanResult> ScanOnce();
+  // One device sweep now, under kDeviceSweepLockKey (see above). Connects when needed. Errors:
+  // kUnavailable (connection lost), what DeviceSweep::RunOnce returns.
+  Result<DeviceSweepOutcome> SweepDevicesOnce();
   // Reads the stuck-things snapshot now and keeps it for Snapshot().
   Result<StuckSnapshot> RefreshSnapshot();
   // The last snapshot taken (empty before the first).
   StuckSnapshot LastSnapshot() const;
 
   const ReconcilerStats& stats() const { return stats_; }
+  // The device sweep, for its metrics (DeviceSweep::RegisterMetrics): counters of the sweeps
+  // this reconciler ran.
+  pubsub::DeviceSweep& device_sweep() { return device_sweep_; }
 
  private:
   struct Impl;
   ReconcilerOptions options_;
   ReconcilerStats stats_;
+  pubsub::DeviceSweep device_sweep_;
   std::unique_ptr<Impl> impl_;
   mutable std::mutex snapshot_mu_;
   StuckSnapshot snapshot_;  // guarded by snapshot_mu_
