@@ -11,7 +11,7 @@ CONVERGE_PACKAGES=(
   librdkafka-dev libpqxx-dev libpoco-dev libpaho-mqttpp-dev libpaho-mqtt-dev libssl-dev
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   postgresql postgresql-contrib mosquitto mosquitto-clients
-  kcat faketime docker-compose ccache clang libclang-rt-14-dev
+  kcat faketime nftables docker-compose ccache clang libclang-rt-14-dev
 )
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

@@ -1,6 +1,8 @@
 #include "harness.h"
 
+#include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -526,15 +528,118 @@ testing::ChildProcess StartRelay(const Endpoints& e, const std::string& name,
 }
 
 testing::ChildProcess StartConsumer(const Endpoints& e, const std::string& name,
-                                    const std::map<std::string, std::string>& env) {
+                                    const std::map<std::string, std::string>& env,
+                                    const std::vector<std::string>& extra_args) {
   std::vector<std::string> args = {"--db",  e.db_url,  "--brokers", e.brokers,  "--topic",
                                    e.topic, "--group", e.group,     "--member", name};
+  args.insert(args.end(), extra_args.begin(), extra_args.end());
   std::map<std::string, std::string> full = {{"CONVERGE_FAILPOINTS", ""}};
   for (const auto& [k, v] : env) full[k] = v;
   testing::ChildProcess p;
   if (!p.Start(testing::BinDir() + "/converge-test-consumer", args, full, LogPath(e, name)))
     std::fprintf(stderr, "cannot start converge-test-consumer\n");
   return p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network partitions (nftables)
+
+namespace {
+std::atomic<int> g_partition_counter{0};
+constexpr const char* kTablePrefix = "converge_robust_";
+}  // namespace
+
+NetPartition::NetPartition()
+    : table_(std::string(kTablePrefix) + std::to_string(::getpid()) + "_" +
+             std::to_string(g_partition_counter.fetch_add(1))) {}
+
+NetPartition::~NetPartition() { Heal(); }
+
+bool NetPartition::Run(const std::string& script) {
+  const std::string dir = std::filesystem::temp_directory_path().string();
+  const std::string rules = dir + "/" + table_ + ".nft";
+  const std::string err = dir + "/" + table_ + ".err";
+  std::ofstream(rules) << script;
+  const std::string cmd = "nft -f " + rules + " 2>" + err;
+  const int rc = std::system(cmd.c_str());
+  std::ifstream in(err);
+  std::stringstream text;
+  text << in.rdbuf();
+  std::filesystem::remove(rules);
+  std::filesystem::remove(err);
+  if (rc != 0) {
+    error_ = "nft failed (rc " + std::to_string(rc) + "): " + text.str();
+    return false;
+  }
+  return true;
+}
+
+bool NetPartition::Block(const std::vector<int>& ports, Mode mode, const std::string& address) {
+  if (ports.empty()) {
+    error_ = "no ports to block";
+    return false;
+  }
+  std::string set = "{ ";
+  for (size_t i = 0; i < ports.size(); ++i) set += (i ? ", " : "") + std::to_string(ports[i]);
+  set += " }";
+  const std::string verdict = mode == Mode::kDrop ? "drop" : "reject with tcp reset";
+  const std::string to = address.empty() ? "" : "ip daddr " + address + " ";
+  const std::string from = address.empty() ? "" : "ip saddr " + address + " ";
+  // Re-creating the table replaces an earlier Block() atomically.
+  std::string script = blocked_ ? "delete table inet " + table_ + "\n" : "";
+  // The RSTs that `reject` sends back pass the same hook and would match the other rule:
+  // without the accept they are dropped and a "reset" partition becomes a blackhole.
+  const std::string pass_resets =
+      mode == Mode::kReset ? "    iif \"lo\" tcp flags & rst == rst accept\n" : "";
+  script += "table inet " + table_ + " {\n  chain input {\n" +
+            "    type filter hook input priority -10; policy accept;\n" + pass_resets +
+            "    iif \"lo\" " + to + "tcp dport " + set + " " + verdict + "\n" + "    iif \"lo\" " +
+            from + "tcp sport " + set + " " + verdict + "\n  }\n}\n";
+  if (!Run(script)) return false;
+  blocked_ = true;
+  return true;
+}
+
+bool NetPartition::Heal() {
+  if (!blocked_) return true;
+  if (!Run("delete table inet " + table_ + "\n")) return false;
+  blocked_ = false;
+  return true;
+}
+
+int NetPartition::DeleteStaleTables() {
+  FILE* p = ::popen("nft list tables 2>/dev/null", "r");
+  if (p == nullptr) return 0;
+  std::vector<std::string> stale;
+  char line[512];
+  while (std::fgets(line, sizeof(line), p) != nullptr) {
+    std::istringstream words(line);
+    std::string word, family, name;
+    words >> word >> family >> name;
+    if (word != "table" || name.rfind(kTablePrefix, 0) != 0) continue;
+    const std::string rest = name.substr(std::string(kTablePrefix).size());
+    const long pid = std::strtol(rest.c_str(), nullptr, 10);
+    if (pid > 0 && ::kill(static_cast<pid_t>(pid), 0) == 0) continue;  // its owner still runs
+    stale.push_back(family + " " + name);
+  }
+  ::pclose(p);
+  for (const auto& t : stale) {
+    const std::string cmd = "nft delete table " + t + " 2>/dev/null";
+    if (std::system(cmd.c_str()) == 0) std::printf("deleted stale nftables table %s\n", t.c_str());
+  }
+  return static_cast<int>(stale.size());
+}
+
+std::vector<int> PortsOf(const std::string& bootstrap_servers) {
+  std::vector<int> ports;
+  std::istringstream in(bootstrap_servers);
+  std::string hostport;
+  while (std::getline(in, hostport, ',')) {
+    const auto colon = hostport.rfind(':');
+    if (colon == std::string::npos) continue;
+    ports.push_back(std::atoi(hostport.c_str() + colon + 1));
+  }
+  return ports;
 }
 
 FaultLog::FaultLog() : start_(steady_clock::now()) {}

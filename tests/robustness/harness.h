@@ -192,9 +192,42 @@ struct Endpoints {
 testing::ChildProcess StartRelay(const Endpoints& e, const std::string& name,
                                  const std::map<std::string, std::string>& env = {},
                                  const std::vector<std::string>& extra_args = {});
-// converge-test-consumer.
+// converge-test-consumer (`extra_args` e.g. {"--source", "mqtt", "--mqtt-url", URL}).
 testing::ChildProcess StartConsumer(const Endpoints& e, const std::string& name,
-                                    const std::map<std::string, std::string>& env = {});
+                                    const std::map<std::string, std::string>& env = {},
+                                    const std::vector<std::string>& extra_args = {});
+
+// A network partition on loopback with nftables (the tests run as root). Each instance owns a
+// table `inet converge_robust_<pid>_<n>` with an input-hook chain (on loopback both directions
+// pass the input hook; dropping in the output hook would make the sender's syscall fail with
+// EPERM instead of hanging). Block() drops (blackhole: connections hang, SYNs go unanswered)
+// or resets (`reject with tcp reset`) TCP to AND from the given ports, optionally only for
+// one loopback address (e.g. 127.0.0.2, so the harness's own connections on 127.0.0.1 stay up).
+// Heal() deletes the table; so does the destructor (also when a test fails).
+class NetPartition {
+ public:
+  enum class Mode { kDrop, kReset };
+  NetPartition();
+  ~NetPartition();  // Heal()
+  NetPartition(const NetPartition&) = delete;
+  NetPartition& operator=(const NetPartition&) = delete;
+
+  bool Block(const std::vector<int>& ports, Mode mode, const std::string& address = "");
+  bool Heal();
+  bool blocked() const { return blocked_; }
+  const std::string& table() const { return table_; }
+  const std::string& error() const { return error_; }
+  // Deletes converge_robust_* tables whose owning process is gone; returns how many.
+  static int DeleteStaleTables();
+
+ private:
+  bool Run(const std::string& script);
+  std::string table_;
+  std::string error_;
+  bool blocked_ = false;
+};
+// The ports of a "host:port,host:port" bootstrap list.
+std::vector<int> PortsOf(const std::string& bootstrap_servers);
 
 // A time-stamped, numbered list of injected faults, printed as they happen.
 class FaultLog {

@@ -7,6 +7,12 @@
 //
 //   converge-test-consumer --db URL --brokers HOST:PORT --topic T --group G [--member NAME]
 //                          [--session-timeout-ms N]
+//                          [--source kafka|mqtt --mqtt-url URL --mqtt-client-id ID]
+//
+// --source mqtt consumes the MQTT filter "<T>/+" (the relay publishes with
+// mqtt.topic_template={topic}/{key}) through broker::MakeMqttSource with a persistent session
+// keyed by --mqtt-client-id (stable across restarts, so the broker redelivers what a killed
+// consumer never acknowledged); --brokers is then ignored.
 //
 // SIGTERM/SIGINT: Stop() (finishes the current transaction), print the stats, exit 0. Bad flags
 // exit 2 naming the flag.
@@ -21,6 +27,7 @@
 #include <thread>
 
 #include "converge/broker/kafka.h"
+#include "converge/broker/mqtt.h"
 #include "converge/consumer/consumer.h"
 
 namespace {
@@ -28,10 +35,19 @@ namespace {
 std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop.store(true); }
 
+// The outbox key: the message's subject; over MQTT also the last level of the PUBLISH topic
+// ("<topic>/<key>") should the envelope not carry it.
+std::string Key(const converge::Message& m) {
+  if (!m.subject.empty()) return m.subject;
+  const auto slash = m.topic.rfind('/');
+  return slash == std::string::npos ? m.topic : m.topic.substr(slash + 1);
+}
+
 int Usage(const std::string& why) {
   std::fprintf(stderr,
                "converge-test-consumer: %s\nusage: converge-test-consumer --db URL --brokers "
-               "HOST:PORT --topic T --group G [--member NAME] [--session-timeout-ms N]\n",
+               "HOST:PORT --topic T --group G [--member NAME] [--session-timeout-ms N] "
+               "[--source kafka|mqtt --mqtt-url URL --mqtt-client-id ID]\n",
                why.c_str());
   return 2;
 }
@@ -41,12 +57,13 @@ int Usage(const std::string& why) {
 int main(int argc, char** argv) {
   using namespace converge;
   using std::chrono::milliseconds;
-  std::map<std::string, std::string> flags = {{"--member", "consumer"},
-                                              {"--session-timeout-ms", "3000"}};
+  std::map<std::string, std::string> flags = {
+      {"--member", "consumer"}, {"--session-timeout-ms", "3000"}, {"--source", "kafka"}};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a != "--db" && a != "--brokers" && a != "--topic" && a != "--group" && a != "--member" &&
-        a != "--session-timeout-ms")
+        a != "--session-timeout-ms" && a != "--source" && a != "--mqtt-url" &&
+        a != "--mqtt-client-id")
       return Usage("unknown flag " + a);
     if (i + 1 >= argc) return Usage(a + " needs a value");
     flags[a] = argv[++i];
@@ -63,13 +80,27 @@ int main(int argc, char** argv) {
   ::signal(SIGTERM, OnSignal);
   ::signal(SIGINT, OnSignal);
 
-  broker::KafkaSourceOptions so;
-  so.bootstrap_servers = flags["--brokers"];
-  so.group_id = flags["--group"];
-  so.client_id = "converge-test-consumer";
-  so.session_timeout = milliseconds(session_ms);
-  so.properties["heartbeat.interval.ms"] = std::to_string(std::max(100, session_ms / 6));
-  auto source = broker::MakeKafkaSource(so);
+  const bool mqtt = flags["--source"] == "mqtt";
+  if (!mqtt && flags["--source"] != "kafka") return Usage("--source must be kafka or mqtt");
+  if (mqtt && (flags["--mqtt-url"].empty() || flags["--mqtt-client-id"].empty()))
+    return Usage("--source mqtt needs --mqtt-url and --mqtt-client-id");
+  Result<std::unique_ptr<broker::MessageSource>> source = Status::Internal("no source");
+  if (mqtt) {
+    broker::MqttOptions mo;
+    mo.url = flags["--mqtt-url"];
+    mo.client_id = flags["--mqtt-client-id"];
+    mo.reconnect_min = std::chrono::seconds(1);
+    mo.reconnect_max = std::chrono::seconds(1);
+    source = broker::MakeMqttSource(mo);
+  } else {
+    broker::KafkaSourceOptions so;
+    so.bootstrap_servers = flags["--brokers"];
+    so.group_id = flags["--group"];
+    so.client_id = "converge-test-consumer";
+    so.session_timeout = milliseconds(session_ms);
+    so.properties["heartbeat.interval.ms"] = std::to_string(std::max(100, session_ms / 6));
+    source = broker::MakeKafkaSource(so);
+  }
   if (!source.ok()) {
     std::fprintf(stderr, "converge-test-consumer: %s\n", source.status().ToString().c_str());
     return 2;
@@ -77,7 +108,7 @@ int main(int argc, char** argv) {
 
   consumer::ConsumerOptions co;
   co.group = flags["--group"];
-  co.topics = {flags["--topic"]};
+  co.topics = {mqtt ? flags["--topic"] + "/+" : flags["--topic"]};
   co.database_url = flags["--db"];
   // Unique per incarnation: a restarted consumer is a new member (fencing is by owner+epoch).
   co.member_id = flags["--member"] + ":" + std::to_string(::getpid());
@@ -88,13 +119,14 @@ int main(int argc, char** argv) {
   const std::string member = co.member_id;
   const std::string group = co.group;
   consumer::Consumer c(co, std::move(source).value());
+  if (mqtt) c.SetDecoder(broker::DecodeMqttRecord);
   c.Handle("robust.effect", [&](const Message& m, consumer::Context& ctx) {
     if (m.payload.find("\"poison\"") != std::string::npos)
       return Status::FailedPrecondition("poison message (robustness test)");
     ctx.tx().exec_params(
         "INSERT INTO robust.effects (consumer_group, message_id, key, seq, member) "
         "VALUES ($1, $2::uuid, $3, $4, $5)",
-        group, m.id, m.subject, m.sequence, member);
+        group, m.id, Key(m), m.sequence, member);
     return Status::Ok();
   });
   Status st = c.Start();
