@@ -1,6 +1,7 @@
 // converge-reconciler as real processes against a fresh database: configuration errors, metrics
 // for the stuck things, SIGTERM; two reconcilers at once with kill -9 (each compensation emitted
-// exactly once); a host clock jump under libfaketime (no healthy flow is touched).
+// exactly once); a host clock jump under libfaketime (no healthy flow is touched); the device
+// sweep (re-send, expiry, twins) run by one reconciler and by three at once.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -16,6 +17,7 @@
 #include <sstream>
 #include <thread>
 
+#include "converge/pubsub/devices.h"
 #include "converge/reconciler/flow.h"
 #include "converge/testing/env.h"
 #include "converge/testing/pg_fixture.h"
@@ -70,6 +72,15 @@ std::string Slurp(const std::string& path) {
 }
 
 std::string Reconciler() { return testing::BinDir() + "/converge-reconciler"; }
+
+// The value of the sample `name` (with its labels, e.g. `x{action="expired"}`) in a /metrics
+// text, or -1 when absent.
+double Metric(const std::string& text, const std::string& name) {
+  const std::string needle = "\n" + name + " ";
+  auto at = text.find(needle);
+  if (at == std::string::npos) return -1;
+  return std::stod(text.substr(at + needle.size()));
+}
 
 flows::FlowType OrderFlow(milliseconds step_deadline, int attempts) {
   flows::FlowType t;
@@ -328,6 +339,213 @@ TEST_F(ReconcilerProcessTest, HostClockJumpCausesNoFalseCompensation) {
   EXPECT_NE(out.find("ts=" + ahead_hour), std::string::npos)
       << "expected log lines stamped " << ahead_hour << " (db hour " << db_hour << "):\n"
       << out.substr(0, 1500);
+}
+
+// The device sweep run by converge-reconciler: a command past its resend interval is written to
+// the outbox again (same id), an expired one is expired, an unconverged twin's snapshot is
+// re-sent; nothing is re-sent again within the resend interval; the counts are on /metrics.
+TEST_F(ReconcilerProcessTest, SweepsDevicesResendingAndExpiringCommands) {
+  std::string resend_id, expired_id;
+  {
+    auto c = db_.Connect();
+    pqxx::work tx(*c);
+    auto sent = pubsub::SendCommand(
+        tx, {.device_id = "dev-1", .name = "reboot", .ttl = std::chrono::hours(1)});
+    ASSERT_TRUE(sent.ok()) << sent.status();
+    resend_id = sent->command_id;
+    auto v = pubsub::SetDesired(tx, "dev-2", R"({"target": 21})");
+    ASSERT_TRUE(v.ok()) << v.status();
+    tx.commit();
+  }
+  // The relay published both; the command was sent an hour ago and never acknowledged, the
+  // twin's snapshot too. A second command expired a second ago.
+  db_.Scalar("DELETE FROM converge.outbox");
+  db_.Scalar(
+      "UPDATE converge.device_commands SET status = 'sent', sent_at = now() - interval "
+      "'1 hour', last_sent_at = now() - interval '1 hour'");
+  db_.Scalar("UPDATE converge.device_twins SET desired_sent_at = now() - interval '1 hour'");
+  expired_id = db_.Scalar(
+      "INSERT INTO converge.device_commands (id, device_id, name, status, created_at, "
+      "last_sent_at, expires_at) VALUES (gen_random_uuid(), 'dev-1', 'stop', 'sent', now() - "
+      "interval '1 hour', now() - interval '1 hour', now() - interval '1 second') RETURNING "
+      "id::text");
+  const uint16_t port = FreePort();
+  auto args = Args("d");
+  args[3] = "--metrics.port=" + std::to_string(port);
+  args.push_back("--devices.sweep_interval=50ms");
+  args.push_back("--devices.command_resend_interval=1h");
+  args.push_back("--devices.twin_resend_after=1h");
+  ChildProcess p;
+  ASSERT_TRUE(p.Start(Reconciler(), args, Env(), ::testing::TempDir() + "reconciler-dev.log"));
+  auto done = [&] {
+    return Count("SELECT count(*) FROM converge.outbox WHERE message_id = '" + resend_id + "'") ==
+               1 &&
+           Count(
+               "SELECT count(*) FROM converge.outbox WHERE topic = 'devices/dev-2/twin/desired'") ==
+               1 &&
+           Count("SELECT count(*) FROM converge.device_commands WHERE status = 'expired'") == 1;
+  };
+  for (int i = 0; i < 250 && !done(); ++i) std::this_thread::sleep_for(20ms);
+  ASSERT_TRUE(done()) << Slurp(::testing::TempDir() + "reconciler-dev.log");
+  EXPECT_EQ(
+      db_.Scalar("SELECT status FROM converge.device_commands WHERE id = '" + expired_id + "'"),
+      "expired");
+  EXPECT_EQ(db_.Scalar("SELECT type FROM converge.outbox WHERE message_id = '" + resend_id + "'"),
+            std::string(pubsub::kCommandType));
+  EXPECT_EQ(Count("SELECT count(*) FROM converge.outbox WHERE message_id = '" + expired_id + "'"),
+            0)
+      << "an expired command is never re-sent";
+  // The relay publishes the re-sends; within the resend interval (1 h) nothing is re-sent
+  // again although the reconciler keeps sweeping every 50 ms.
+  db_.Scalar("DELETE FROM converge.outbox");
+  std::this_thread::sleep_for(1000ms);
+  EXPECT_EQ(Count("SELECT count(*) FROM converge.outbox"), 0);
+  EXPECT_EQ(Count("SELECT attempts FROM converge.device_commands WHERE id = '" + resend_id + "'"),
+            2);
+  EXPECT_EQ(Count("SELECT desired_resends FROM converge.device_twins"), 1);
+  const std::string metrics = Get(port, "/metrics");
+  EXPECT_EQ(Metric(metrics, "converge_device_sweep_total{action=\"expired\"}"), 1) << metrics;
+  EXPECT_EQ(Metric(metrics, "converge_device_sweep_total{action=\"resent_command\"}"), 1);
+  EXPECT_EQ(Metric(metrics, "converge_device_sweep_total{action=\"resent_twin\"}"), 1);
+  EXPECT_EQ(Metric(metrics, "converge_device_unacked_commands"), 1);
+  EXPECT_GE(Metric(metrics, "converge_reconciler_device_sweeps_total{outcome=\"ran\"}"), 5);
+  EXPECT_EQ(Metric(metrics, "converge_reconciler_device_sweeps_total{outcome=\"skipped\"}"), 0);
+  ASSERT_TRUE(p.Signal(SIGTERM));
+  EXPECT_EQ(p.Wait(10000ms), 0);
+
+  // devices.sweep=false: the reconciler leaves the device tables alone.
+  db_.Scalar(
+      "UPDATE converge.device_commands SET last_sent_at = now() - interval '2 hours' "
+      "WHERE id = '" +
+      resend_id + "'");
+  args.push_back("--devices.sweep=false");
+  ChildProcess q;
+  ASSERT_TRUE(q.Start(Reconciler(), args, Env(), ::testing::TempDir() + "reconciler-dev.log"));
+  std::this_thread::sleep_for(1000ms);
+  ASSERT_TRUE(q.Signal(SIGTERM));
+  EXPECT_EQ(q.Wait(10000ms), 0);
+  EXPECT_EQ(Count("SELECT count(*) FROM converge.outbox"), 0);
+}
+
+// Three reconcilers at once, each sweeping devices every 20 ms and driving flows: 40 commands
+// expire and are counted once in total (the sum of the three processes' metrics); 40 unacked
+// commands are re-sent (the relay publishes each copy at once) never twice within the resend
+// interval, judged on the database clock from a trigger's log of every re-send; 30 stuck flows
+// start compensating once each, with their first compensation emitted once.
+TEST_F(ReconcilerProcessTest, ThreeReconcilersSweepDevicesAndFlowsWithoutDoubleWork) {
+  constexpr int kExpiring = 40, kResending = 40, kFlows = 30;
+  constexpr int kResendMs = 700;
+  db_.Scalar(
+      "CREATE TABLE public.resend_log (id uuid, at timestamptz); "
+      "CREATE FUNCTION public.log_resend() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+      "INSERT INTO public.resend_log VALUES (NEW.id, NEW.last_sent_at); RETURN NEW; END $$; "
+      "CREATE TRIGGER log_resend AFTER UPDATE OF last_sent_at ON converge.device_commands "
+      "FOR EACH ROW WHEN (NEW.last_sent_at IS DISTINCT FROM OLD.last_sent_at) "
+      "EXECUTE FUNCTION public.log_resend()");
+  db_.Scalar(
+      "INSERT INTO converge.device_commands (id, device_id, name, status, created_at, "
+      "last_sent_at, expires_at) SELECT gen_random_uuid(), 'dev-' || (i % 7), 'stop', "
+      "'sent', now() - interval '1 hour', now() - interval '1 hour', now() + i * "
+      "interval '50 ms' FROM generate_series(1, " +
+      std::to_string(kExpiring) + ") i");
+  db_.Scalar(
+      "INSERT INTO converge.device_commands (id, device_id, name, status, created_at, "
+      "last_sent_at, expires_at) SELECT gen_random_uuid(), 'dev-' || (i % 5), 'reboot', "
+      "'sent', now() - interval '1 hour', now() - interval '1 hour', now() + interval "
+      "'1 hour' FROM generate_series(1, " +
+      std::to_string(kResending) + ") i");
+  {
+    auto c = db_.Connect();
+    pqxx::work tx(*c);
+    ASSERT_TRUE(flows::Register(tx, OrderFlow(300ms, 1)).ok());
+    for (int i = 0; i < kFlows; ++i) {
+      auto id = flows::Start(tx, "order", "o-" + std::to_string(i));
+      ASSERT_TRUE(id.ok());
+      ASSERT_TRUE(flows::CompleteStep(tx, *id, 0).ok());  // waiting for "pay", which never comes
+    }
+    tx.commit();
+  }
+  db_.Scalar("DELETE FROM converge.outbox");
+  std::atomic<bool> stop{false};
+  std::atomic<long long> published{0};
+  std::thread relay([&] {
+    auto c = db_.Connect();
+    while (!stop.load()) {
+      pqxx::work tx(*c);
+      published += static_cast<long long>(
+          tx.exec("DELETE FROM converge.outbox WHERE topic LIKE 'devices/%'").affected_rows());
+      tx.commit();
+      std::this_thread::sleep_for(10ms);
+    }
+  });
+  std::vector<uint16_t> ports;
+  std::vector<std::unique_ptr<ChildProcess>> procs;
+  const std::string log = ::testing::TempDir() + "reconciler-dev3.log";
+  std::remove(log.c_str());
+  for (const char* name : {"x", "y", "z"}) {
+    ports.push_back(FreePort());
+    auto args = Args(name);
+    args[3] = "--metrics.port=" + std::to_string(ports.back());
+    args.push_back("--devices.sweep_interval=20ms");
+    args.push_back("--devices.command_resend_interval=" + std::to_string(kResendMs) + "ms");
+    procs.push_back(std::make_unique<ChildProcess>());
+    ASSERT_TRUE(procs.back()->Start(Reconciler(), args, Env(), log));
+  }
+  // Long enough for every command to expire and for several resend intervals.
+  std::this_thread::sleep_for(3500ms);
+  double expired = 0, resent = 0, ran = 0, skipped = 0;
+  for (uint16_t port : ports) {
+    const std::string m = Get(port, "/metrics");
+    ASSERT_GE(Metric(m, "converge_device_sweep_total{action=\"expired\"}"), 0) << m;
+    expired += Metric(m, "converge_device_sweep_total{action=\"expired\"}");
+    resent += Metric(m, "converge_device_sweep_total{action=\"resent_command\"}");
+    ran += Metric(m, "converge_reconciler_device_sweeps_total{outcome=\"ran\"}");
+    skipped += Metric(m, "converge_reconciler_device_sweeps_total{outcome=\"skipped\"}");
+  }
+  for (auto& p : procs) ASSERT_TRUE(p->Signal(SIGTERM));
+  for (auto& p : procs) EXPECT_EQ(p->Wait(10000ms), 0);
+  stop.store(true);
+  relay.join();
+  std::cout << "device sweeps run " << ran << ", skipped (another reconciler sweeping) " << skipped
+            << "; re-sends " << resent << "\n";
+  EXPECT_EQ(Count("SELECT count(*) FROM converge.device_commands WHERE status = 'expired'"),
+            kExpiring);
+  EXPECT_EQ(expired, kExpiring) << "each expiry counted by exactly one reconciler";
+  // Every re-send is in the log, counted once, and published once by the relay.
+  const long long resends = Count("SELECT count(*) FROM public.resend_log");
+  EXPECT_EQ(resent, resends);
+  EXPECT_EQ(Count("SELECT coalesce(sum(attempts - 1), 0) FROM converge.device_commands"), resends);
+  // Never two re-sends of a command within the interval (database clock), and every command
+  // still open was re-sent several times (3.5 s / 0.7 s).
+  EXPECT_EQ(Count("SELECT count(*) FROM (SELECT at - lag(at) OVER (PARTITION BY id ORDER BY at) "
+                  "AS gap FROM public.resend_log) g WHERE gap < interval '" +
+                  std::to_string(kResendMs) + " ms'"),
+            0);
+  EXPECT_EQ(Count("SELECT count(*) FROM converge.device_commands WHERE name = 'reboot' AND "
+                  "attempts >= 3"),
+            kResending);
+  EXPECT_EQ(Count("SELECT count(*) FROM public.resend_log l JOIN converge.device_commands c "
+                  "USING (id) WHERE c.name = 'stop' AND l.at >= c.expires_at"),
+            0)
+      << "no re-send after expiry";
+  // The flows: each compensated once, each compensation emitted once.
+  EXPECT_EQ(Count("SELECT count(*) FROM converge.flows WHERE compensation_started_at IS NOT "
+                  "NULL"),
+            kFlows);
+  EXPECT_EQ(Count("SELECT count(*) FROM converge.flow_history WHERE event = "
+                  "'compensation_started'"),
+            kFlows);
+  EXPECT_EQ(Count("SELECT count(*) FROM (SELECT flow_id, step FROM converge.flow_history WHERE "
+                  "event = 'compensation_emitted' GROUP BY 1, 2 HAVING count(*) <> 1) d"),
+            0);
+  // Compensations run in reverse order and none is acknowledged here: each flow emitted the
+  // refund of "pay" once and waits for it before releasing "reserve".
+  EXPECT_EQ(Count("SELECT count(*) FROM converge.outbox WHERE headers->>'converge-flow-kind' = "
+                  "'compensation' AND type = 'payment.refund'"),
+            kFlows);
+  EXPECT_EQ(Count("SELECT count(*) FROM converge.outbox WHERE headers->>'converge-flow-kind' = "
+                  "'compensation'"),
+            kFlows);
 }
 
 }  // namespace
