@@ -6,6 +6,7 @@
 #include <thread>
 #include <vector>
 
+#include "converge/schemas/pg.h"
 #include "measurements.h"
 
 namespace converge::bench {
@@ -84,10 +85,14 @@ ConsumerCeilings MeasureConsumerCeilings(const BenchDatabase& db, long batched_r
   db.Exec(
       "INSERT INTO converge.consumer_offsets (consumer_group, topic, partition, next_offset, "
       "owner, epoch) VALUES ('ceiling', 'ceiling', 0, 0, 'bench', 1) ON CONFLICT DO NOTHING");
+  // The dedupe rows of a whole transaction in one multi-row statement, as the runtime writes
+  // them (it must not do less: a row per message, with the payload hash); the business INSERT
+  // stays one statement per message, as a handler does.
   conn->prepare("inbox",
                 "INSERT INTO converge.inbox (consumer_group, message_id, payload_hash, topic, "
-                "partition, \"offset\") VALUES ('ceiling', $1::uuid, "
-                "sha256(convert_to($2, 'UTF8')), 'ceiling', 0, $3)");
+                "partition, \"offset\") SELECT 'ceiling', u.id::uuid, "
+                "sha256(convert_to(u.payload, 'UTF8')), 'ceiling', 0, u.off "
+                "FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(id, payload, off)");
   conn->prepare("effect", "INSERT INTO bench_effects (id, payload) VALUES ($1, $2)");
   conn->prepare("offset",
                 "UPDATE converge.consumer_offsets SET next_offset = $1, updated_at = now() "
@@ -99,13 +104,21 @@ ConsumerCeilings MeasureConsumerCeilings(const BenchDatabase& db, long batched_r
     const auto start = Clock::now();
     for (long done = 0; done < rows;) {
       pqxx::work tx(*conn);
-      for (int i = 0; i < per_commit && done < rows; ++i, ++done, ++offset) {
+      std::vector<std::string> ids, payloads;
+      std::vector<long> offsets;
+      for (int i = 0; i < per_commit && done + i < rows; ++i) {
         // A UUID that is unique per message (the inbox key).
         char id[40];
-        std::snprintf(id, sizeof id, "00000000-0000-7000-8000-%012ld", offset);
-        tx.exec_prepared0("inbox", id, payload, offset);
-        tx.exec_prepared0("effect", id, payload);
+        std::snprintf(id, sizeof id, "00000000-0000-7000-8000-%012ld", offset + i);
+        ids.emplace_back(id);
+        payloads.push_back(payload);
+        offsets.push_back(offset + i);
       }
+      tx.exec_prepared0("inbox", pg::TextArrayLiteral(ids), pg::TextArrayLiteral(payloads),
+                        pg::IntArrayLiteral(offsets));
+      for (const auto& id : ids) tx.exec_prepared0("effect", id, payload);
+      done += static_cast<long>(ids.size());
+      offset += static_cast<long>(ids.size());
       tx.exec_prepared0("offset", offset);
       tx.commit();
     }

@@ -2,13 +2,17 @@
 // the source, the connection and all state below; only stats and the stop flag are shared.
 //
 // One batch = one transaction:
-//   1. fence: SELECT ... FOR UPDATE the offset row of each partition in the batch, requiring
-//      (owner, epoch) to still be ours. A row that is not ours means the partition was taken
-//      over: its records are dropped, never acked. The row lock makes a concurrent takeover
-//      (Claim) wait for this transaction, and the takeover then reads the offset it committed.
-//   2. per record, inside SAVEPOINT: decode, inbox insert (dedupe/conflict), sequence check,
-//      handler. A failing record is rolled back to its savepoint; the others stay.
-//   3. advance each partition's next_offset (forward only) and COMMIT; then Ack the source.
+//   1. fence (one statement): SELECT ... FOR UPDATE the offset rows of the batch's partitions,
+//      requiring (owner, epoch) to still be ours. A row that is not ours means the partition
+//      was taken over: its records are dropped, never acked. The row lock makes a concurrent
+//      takeover (Claim) wait for this transaction, which then reads the offset it committed.
+//   2. fast path: decode all, insert every inbox row in one statement (duplicates and conflicts
+//      come back with it), read the key sequences in one statement, run the handlers back to
+//      back, upsert the sequences in one statement. A record that needs its own rollback
+//      throws NeedCareful: the transaction is rolled back and the batch re-run carefully,
+//      each record inside a SAVEPOINT (ProcessRecord), so the others stay.
+//   3. advance every partition's next_offset in one statement (forward only) and COMMIT; then
+//      Ack the source.
 #include "converge/consumer/consumer.h"
 
 #include <unistd.h>
@@ -76,14 +80,46 @@ Result<Message> DecodeRecord(const ReceivedRecord& record) {
 
 namespace {
 
+// The fence of every partition of a batch in one statement: the offset rows that are still
+// ours (owner, epoch), locked until COMMIT.
 constexpr const char* kFenceSql =
-    "SELECT next_offset FROM converge.consumer_offsets "
-    "WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND owner = $4 AND epoch = $5 "
-    "FOR UPDATE";
+    "SELECT o.topic, o.partition, o.next_offset FROM converge.consumer_offsets o "
+    "JOIN unnest($3::text[], $4::int[], $5::bigint[]) AS f(topic, partition, epoch) "
+    "ON o.topic = f.topic AND o.partition = f.partition AND o.epoch = f.epoch "
+    "WHERE o.consumer_group = $1 AND o.owner = $2 ORDER BY o.topic, o.partition FOR UPDATE OF o";
+// Moves every settled partition of a batch forward in one statement (never backwards).
 constexpr const char* kAdvanceSql =
-    "UPDATE converge.consumer_offsets SET next_offset = $6, updated_at = now() "
-    "WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND owner = $4 AND epoch = $5 "
-    "AND next_offset <= $6";
+    "UPDATE converge.consumer_offsets o SET next_offset = u.next, updated_at = now() "
+    "FROM unnest($3::text[], $4::int[], $5::bigint[], $6::bigint[]) AS u(topic, partition, "
+    "epoch, next) WHERE o.consumer_group = $1 AND o.owner = $2 AND o.topic = u.topic "
+    "AND o.partition = u.partition AND o.epoch = u.epoch AND o.next_offset <= u.next";
+// The dedupe rows of a whole batch in one statement, before any handler runs. Per input row
+// (ordinality): its inbox UUID, whether a row with that UUID was inserted by this statement
+// (the first copy in input order wins), and for a UUID that was stored before, whether the
+// stored hash equals this row's (NULL when inserted). Payloads travel hex-encoded (libpqxx 6
+// cannot bind a bytea[]).
+constexpr const char* kInboxBatchSql =
+    "WITH v AS (SELECT v.ord, converge.message_uuid(v.id) AS mid, "
+    "sha256(convert_to(v.type, 'UTF8') || '\\x00'::bytea || decode(v.payload, 'hex')) AS hash, "
+    "v.topic, v.partition, v.off FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], "
+    "$6::int[], $7::bigint[]) WITH ORDINALITY AS v(id, type, payload, topic, partition, off, "
+    "ord)), "
+    "ins AS (INSERT INTO converge.inbox (consumer_group, message_id, payload_hash, topic, "
+    "partition, \"offset\") SELECT $1, mid, hash, topic, partition, off FROM v ORDER BY ord "
+    "ON CONFLICT (consumer_group, message_id) DO NOTHING RETURNING message_id) "
+    "SELECT v.ord, v.mid::text, n.message_id IS NOT NULL, CASE WHEN n.message_id IS NULL THEN "
+    "(SELECT i.payload_hash = v.hash FROM converge.inbox i WHERE i.consumer_group = $1 "
+    "AND i.message_id = v.mid) END FROM v LEFT JOIN ins n ON n.message_id = v.mid ORDER BY v.ord";
+// The last applied sequence of every (topic, key) of a batch, locked, in one statement.
+constexpr const char* kSeqGetBatchSql =
+    "SELECT s.topic, s.key, s.last_seq FROM converge.consumer_key_seq s "
+    "JOIN unnest($2::text[], $3::text[]) AS k(topic, key) ON s.topic = k.topic AND s.key = k.key "
+    "WHERE s.consumer_group = $1 ORDER BY s.topic, s.key FOR UPDATE OF s";
+constexpr const char* kSeqPutBatchSql =
+    "INSERT INTO converge.consumer_key_seq AS k (consumer_group, topic, key, last_seq) "
+    "SELECT $1, u.topic, u.key, u.seq FROM unnest($2::text[], $3::text[], $4::bigint[]) "
+    "AS u(topic, key, seq) ON CONFLICT (consumer_group, topic, key) DO UPDATE "
+    "SET last_seq = GREATEST(k.last_seq, excluded.last_seq), updated_at = now()";
 constexpr const char* kClaimSql =
     "INSERT INTO converge.consumer_offsets AS o (consumer_group, topic, partition, next_offset, "
     "owner, epoch) VALUES ($1, $2, $3, 0, $4, 1) "
@@ -141,8 +177,7 @@ const char* OrNull(const std::string& s, bool present) { return present ? s.c_st
 // ---- Context ----------------------------------------------------------------------------------
 
 Result<Context::Enqueued> Context::Enqueue(const Outbound& m) {
-  // Validated here first, so a bad message never reaches the server.
-  CONVERGE_RETURN_IF_ERROR(outbox::Validate(m).WithContext("enqueue"));
+  // outbox::Enqueue validates the message (before any statement) and names the bad field.
   Outbound with_trace;
   const Outbound* out = &m;
   if (m.traceparent.empty() && !message_.traceparent.empty()) {
@@ -370,6 +405,7 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
     for (const auto& tp : tps) {
       parts_.erase(tp);
       std::erase_if(attempts_, [&](const auto& kv) { return kv.first.first == tp; });
+      std::erase_if(pending_failures_, [&](const auto& kv) { return kv.first.first == tp; });
     }
   }
 
@@ -502,8 +538,14 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
     TopicPartition tp;
     int64_t epoch = 0;
     size_t count = 0;    // records of part.buf in this batch
+    size_t start = 0;    // records before it were committed already (found by the fence)
     size_t settled = 0;  // records whose outcome was committed
     bool fenced = false;
+  };
+  // A key's last applied sequence within a fast batch.
+  struct SeqState {
+    std::optional<int64_t> last;
+    bool dirty = false;
   };
   // Outcome counts of one transaction, merged into stats_ only after COMMIT.
   struct Tally {
@@ -532,6 +574,9 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
       conn_->prepare("converge_inbox", kInboxSql);
       conn_->prepare("converge_seq_get", kSeqGetSql);
       conn_->prepare("converge_seq_put", kSeqPutSql);
+      conn_->prepare("converge_inbox_batch", kInboxBatchSql);
+      conn_->prepare("converge_seq_get_batch", kSeqGetBatchSql);
+      conn_->prepare("converge_seq_put_batch", kSeqPutBatchSql);
       conn_->prepare("converge_dead_letter", kDeadLetterSql);
       conn_->prepare("converge_prune", kPruneSql);
       pqxx::nontransaction nt(*conn_);
@@ -701,84 +746,74 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
   // ---- the batch transaction ----
 
   void RunBatch(std::vector<Slice>& batch) {
+    // The fast path runs the batch without per-record savepoints; the first record that needs
+    // one (a failed handler, a held sequence gap, a statement error) rolls it back and the batch
+    // is re-run carefully, each record in its own savepoint. A batch with a record that is
+    // being retried starts carefully.
+    bool careful = NeedsCareful(batch);
     for (int tx_attempt = 1;; ++tx_attempt) {
       if (!conn_ && !Reconnect()) return;  // stopping: nothing committed, nothing acked
       for (auto& s : batch) s.settled = 0, s.fenced = false;
       Tally tally;
       inflight_ = nullptr;
+      bool switch_to_careful = false;
       try {
         // libpqxx 6 aborts a pqxx::work on any failed statement (savepoints would be useless)
         // and runs exec_prepared outside a subtransaction's SAVEPOINT, so the runtime drives the
-        // transaction itself: BEGIN, SAVEPOINT per record, COMMIT.
+        // transaction itself: BEGIN, (SAVEPOINT per record when careful), COMMIT.
         pqxx::nontransaction tx(*conn_);
         tx.exec0("BEGIN");
-        for (auto& s : batch) {
-          pqxx::result r = tx.exec_prepared("converge_fence", opts_.group, s.tp.topic,
-                                            s.tp.partition, member_id_, s.epoch);
-          if (r.empty()) {
-            s.fenced = true;
-            continue;
-          }
-          // After a commit whose outcome was unknown: skip what that commit already recorded.
-          const int64_t stored = r[0][0].as<int64_t>();
-          Part& part = parts_.at(s.tp);
-          part.next_offset = std::max(part.next_offset, stored);
-          for (size_t i = 0; i < s.count; ++i) {
-            const ReceivedRecord& rec = part.buf[i];
-            if (rec.offset < stored) {
-              s.settled = i + 1;
-              continue;
-            }
-            inflight_ = &rec;
-            Outcome out = ProcessRecord(tx, s.tp, part, rec, tally);
-            inflight_ = nullptr;
-            if (out == Outcome::kRetryLater) break;
-            s.settled = i + 1;
-          }
-        }
-        for (auto& s : batch) {
-          if (s.fenced || s.settled == 0) continue;
-          const int64_t end = parts_.at(s.tp).buf[s.settled - 1].offset + 1;
-          pqxx::result r = tx.exec_prepared("converge_advance", opts_.group, s.tp.topic,
-                                            s.tp.partition, member_id_, s.epoch, end);
-          // The fence row lock makes this impossible; a bug if it happens.
-          if (r.affected_rows() != 1)
-            throw std::logic_error("consumer: fenced offset row changed inside the transaction");
-        }
+        Fence(tx, batch);
+        if (careful)
+          CarefulBody(tx, batch, tally);
+        else
+          FastBody(tx, batch, tally);
+        Advance(tx, batch);
         Failpoint("consumer.before_commit");
         tx.exec0("COMMIT");
         Failpoint("consumer.after_commit");  // committed locally, not yet acked to the broker
+      } catch (const NeedCareful&) {
+        switch_to_careful = true;
       } catch (const std::exception& e) {
         Status st = pg::StatusFromException(e);
-        // An error from COMMIT itself leaves the outcome unknown; the re-run's fence reads the
-        // stored offset and skips whatever did commit.
-        try {
-          if (conn_ && conn_->is_open()) pqxx::nontransaction(*conn_).exec0("ROLLBACK");
-        } catch (const std::exception&) {
-          conn_.reset();
+        const bool lost = st.code() == StatusCode::kUnavailable ||
+                          st.code() == StatusCode::kDeadlineExceeded ||
+                          !(conn_ && conn_->is_open());
+        if (!careful && !lost) {
+          // Some record broke the fast transaction (e.g. a handler swallowed an SQL error):
+          // the careful re-run finds out which one and charges it.
+          switch_to_careful = true;
+        } else {
+          RollbackQuietly();
+          {
+            std::lock_guard<std::mutex> lock(stats_mu_);
+            ++stats_.transaction_failures;
+          }
+          // A record that breaks the whole transaction (aborted, or a bug) is charged an
+          // attempt so it is eventually dead-lettered; a lost connection is nobody's fault.
+          if (inflight_ != nullptr && !lost) {
+            Attempts& a = attempts_[{TopicPartition{inflight_->topic, inflight_->partition},
+                                     inflight_->offset}];
+            ++a.count;
+            a.last_error = st.ToString();
+          }
+          inflight_ = nullptr;
+          log_.LogEvery("tx_failed", std::chrono::seconds(5), Level::kWarn,
+                        "batch transaction failed; re-running",
+                        {{"error", st.ToString()}, {"attempt", tx_attempt}});
+          if (conn_ && !conn_->is_open()) conn_.reset();
+          if (st.code() == StatusCode::kUnavailable || st.code() == StatusCode::kDeadlineExceeded)
+            conn_.reset();
+          if (stop_) return;
+          SleepInterruptibly(reconnect_backoff_.Delay(std::min(tx_attempt, 10)));
+          continue;
         }
-        {
-          std::lock_guard<std::mutex> lock(stats_mu_);
-          ++stats_.transaction_failures;
-        }
-        // A record that breaks the whole transaction (aborted, or a bug) is charged an attempt
-        // so it is eventually dead-lettered; a lost connection is nobody's fault.
-        if (inflight_ != nullptr && st.code() != StatusCode::kUnavailable &&
-            st.code() != StatusCode::kDeadlineExceeded) {
-          Attempts& a = attempts_[{TopicPartition{inflight_->topic, inflight_->partition},
-                                   inflight_->offset}];
-          ++a.count;
-          a.last_error = st.ToString();
-        }
+      }
+      if (switch_to_careful) {
+        RollbackQuietly();
         inflight_ = nullptr;
-        log_.LogEvery("tx_failed", std::chrono::seconds(5), Level::kWarn,
-                      "batch transaction failed; re-running",
-                      {{"error", st.ToString()}, {"attempt", tx_attempt}});
-        if (conn_ && !conn_->is_open()) conn_.reset();
-        if (st.code() == StatusCode::kUnavailable || st.code() == StatusCode::kDeadlineExceeded)
-          conn_.reset();
-        if (stop_) return;
-        SleepInterruptibly(reconnect_backoff_.Delay(std::min(tx_attempt, 10)));
+        careful = true;
+        --tx_attempt;  // not a failure of the transaction
         continue;
       }
       Committed(batch, tally);
@@ -786,7 +821,306 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
     }
   }
 
+  // Thrown by the fast path when a record needs its own savepoint.
+  struct NeedCareful {};
+
+  void RollbackQuietly() {
+    try {
+      if (conn_ && conn_->is_open()) pqxx::nontransaction(*conn_).exec0("ROLLBACK");
+    } catch (const std::exception&) {
+      conn_.reset();
+    }
+  }
+
+  bool NeedsCareful(const std::vector<Slice>& batch) const {
+    if (attempts_.empty() && pending_failures_.empty()) return false;
+    for (const auto& s : batch) {
+      const Part& part = parts_.at(s.tp);
+      for (size_t i = 0; i < s.count; ++i) {
+        const auto key = std::make_pair(s.tp, part.buf[i].offset);
+        auto it = attempts_.find(key);
+        if ((it != attempts_.end() && it->second.count > 0) || pending_failures_.count(key) > 0)
+          return true;
+      }
+    }
+    return false;
+  }
+
+  // Locks the offset rows of the batch's partitions that are still ours; marks the others
+  // fenced. After a commit whose outcome was unknown, skips what that commit already recorded.
+  void Fence(pqxx::nontransaction& tx, std::vector<Slice>& batch) {
+    std::vector<std::string> topics;
+    std::vector<int> partitions;
+    std::vector<int64_t> epochs;
+    for (const auto& s : batch) {
+      topics.push_back(s.tp.topic);
+      partitions.push_back(s.tp.partition);
+      epochs.push_back(s.epoch);
+    }
+    pqxx::result r =
+        tx.exec_prepared("converge_fence", opts_.group, member_id_, pg::TextArrayLiteral(topics),
+                         pg::IntArrayLiteral(partitions), pg::IntArrayLiteral(epochs));
+    std::map<TopicPartition, int64_t> stored;
+    for (const auto& row : r)
+      stored[TopicPartition{row[0].as<std::string>(), row[1].as<int>()}] = row[2].as<int64_t>();
+    for (auto& s : batch) {
+      auto it = stored.find(s.tp);
+      if (it == stored.end()) {
+        s.fenced = true;
+        continue;
+      }
+      Part& part = parts_.at(s.tp);
+      part.next_offset = std::max(part.next_offset, it->second);
+      s.start = 0;
+      while (s.start < s.count && part.buf[s.start].offset < it->second) ++s.start;
+      s.settled = s.start;
+    }
+  }
+
+  void Advance(pqxx::nontransaction& tx, const std::vector<Slice>& batch) {
+    std::vector<std::string> topics;
+    std::vector<int> partitions;
+    std::vector<int64_t> epochs, ends;
+    for (const auto& s : batch) {
+      if (s.fenced || s.settled == 0) continue;
+      topics.push_back(s.tp.topic);
+      partitions.push_back(s.tp.partition);
+      epochs.push_back(s.epoch);
+      ends.push_back(parts_.at(s.tp).buf[s.settled - 1].offset + 1);
+    }
+    if (topics.empty()) return;
+    pqxx::result r = tx.exec_prepared("converge_advance", opts_.group, member_id_,
+                                      pg::TextArrayLiteral(topics), pg::IntArrayLiteral(partitions),
+                                      pg::IntArrayLiteral(epochs), pg::IntArrayLiteral(ends));
+    // The fence row lock makes this impossible; a bug if it happens.
+    if (r.affected_rows() != topics.size())
+      throw std::logic_error("consumer: fenced offset row changed inside the transaction");
+  }
+
+  // The original engine: every record in its own savepoint (ProcessRecord).
+  void CarefulBody(pqxx::nontransaction& tx, std::vector<Slice>& batch, Tally& tally) {
+    for (auto& s : batch) {
+      if (s.fenced) continue;
+      Part& part = parts_.at(s.tp);
+      for (size_t i = s.start; i < s.count; ++i) {
+        const ReceivedRecord& rec = part.buf[i];
+        inflight_ = &rec;
+        Outcome out = ProcessRecord(tx, s.tp, part, rec, tally);
+        inflight_ = nullptr;
+        if (out == Outcome::kRetryLater) break;
+        s.settled = i + 1;
+      }
+    }
+  }
+
+  // The common case: one multi-row statement records every dedupe row, one reads the key
+  // sequences, then the handlers run back to back with no savepoint, then one statement
+  // stores the sequences. Any record that would need a rollback of its own throws NeedCareful.
+  void FastBody(pqxx::nontransaction& tx, std::vector<Slice>& batch, Tally& tally) {
+    struct Item {
+      Slice* slice;
+      size_t index;  // in the partition's buffer
+      const ReceivedRecord* rec;
+      Result<Message> msg;
+      int first = -1;  // index of the batch's first copy of the same inbox id (-1: this one)
+      bool inserted = false;
+      bool same = false;
+    };
+    std::vector<Item> items;
+    std::vector<std::string> ids, types, payloads, topics;
+    std::vector<int> partitions;
+    std::vector<int64_t> offsets;
+    std::vector<size_t> row_item;  // inbox statement row -> item
+    for (auto& s : batch) {
+      if (s.fenced) continue;
+      Part& part = parts_.at(s.tp);
+      for (size_t i = s.start; i < s.count; ++i) {
+        const ReceivedRecord& rec = part.buf[i];
+        items.push_back(Item{&s, i, &rec, decoder_(rec)});
+        const Item& it = items.back();
+        if (!it.msg.ok()) continue;
+        row_item.push_back(items.size() - 1);
+        ids.push_back(it.msg->id);
+        types.push_back(it.msg->type);
+        payloads.push_back(HexOf(it.msg->payload));
+        topics.push_back(rec.topic);
+        partitions.push_back(rec.partition);
+        offsets.push_back(rec.offset);
+      }
+    }
+    if (items.empty()) return;
+    if (!row_item.empty()) {
+      pqxx::result r = tx.exec_prepared(
+          "converge_inbox_batch", opts_.group, pg::TextArrayLiteral(ids),
+          pg::TextArrayLiteral(types), pg::TextArrayLiteral(payloads), pg::TextArrayLiteral(topics),
+          pg::IntArrayLiteral(partitions), pg::IntArrayLiteral(offsets));
+      if (r.size() != row_item.size())
+        throw std::logic_error("consumer: inbox batch returned a wrong row count");
+      std::map<std::string, int> first_of;  // inbox UUID -> first item with it
+      for (size_t k = 0; k < r.size(); ++k) {
+        Item& it = items[row_item[k]];
+        const std::string mid = r[k][1].as<std::string>();
+        auto [pos, fresh] = first_of.emplace(mid, static_cast<int>(row_item[k]));
+        if (!fresh) it.first = pos->second;
+        it.inserted = r[k][2].as<bool>();
+        it.same = !r[k][3].is_null() && r[k][3].as<bool>();
+      }
+    }
+    // Key sequences of the records that may run, read (and locked) at once.
+    std::map<std::pair<std::string, std::string>, SeqState> seqs;
+    {
+      std::vector<std::string> st, sk;
+      for (const Item& it : items) {
+        if (!it.msg.ok() || it.msg->sequence <= 0 || it.msg->subject.empty()) continue;
+        if (seqs.emplace(std::make_pair(it.rec->topic, it.msg->subject), SeqState{}).second) {
+          st.push_back(it.rec->topic);
+          sk.push_back(it.msg->subject);
+        }
+      }
+      if (!st.empty()) {
+        pqxx::result r = tx.exec_prepared("converge_seq_get_batch", opts_.group,
+                                          pg::TextArrayLiteral(st), pg::TextArrayLiteral(sk));
+        for (const auto& row : r)
+          seqs[{row[0].as<std::string>(), row[1].as<std::string>()}].last = row[2].as<int64_t>();
+      }
+    }
+    for (Item& it : items) {
+      Slice& s = *it.slice;
+      const ReceivedRecord& rec = *it.rec;
+      inflight_ = &rec;
+      Attempts* at = nullptr;
+      if (auto a = attempts_.find({s.tp, rec.offset}); a != attempts_.end()) at = &a->second;
+      const int done_attempts = at != nullptr ? at->count : 0;
+      if (!it.msg.ok()) {
+        DeadLetter(tx, rec, nullptr, "decode_failed", it.msg.status().message(), done_attempts + 1);
+        ++tally.dead;
+      } else if (const Message& msg = *it.msg; !it.inserted || it.first >= 0) {
+        // A copy of a stored message, or a second copy within this batch.
+        const bool same = it.first >= 0 && it.inserted
+                              ? items[it.first].msg->type == msg.type &&
+                                    items[it.first].msg->payload == msg.payload
+                              : it.same;
+        if (same) {
+          ++tally.duplicates;
+        } else {
+          DeadLetter(tx, rec, &msg, "payload_conflict",
+                     "message id " + msg.id +
+                         " was processed before with a different type or payload (payload hash)",
+                     done_attempts + 1);
+          ++tally.conflicts;
+          ++tally.dead;
+        }
+      } else if (auto handler = handlers_.find(msg.type); handler == handlers_.end()) {
+        if (opts_.unknown_type == UnknownTypePolicy::kSkip) {
+          ++tally.unknown;
+        } else {
+          DeadLetter(tx, rec, &msg, "unknown_type",
+                     "no handler is registered for type \"" + msg.type + "\"", done_attempts + 1);
+          ++tally.dead;
+        }
+      } else if (done_attempts >= opts_.max_attempts) {
+        DeadLetter(tx, rec, &msg, "retries_exhausted", at->last_error, done_attempts);
+        ++tally.dead;
+      } else {
+        SeqState* seq = nullptr;
+        bool skip = false;
+        if (msg.sequence > 0 && !msg.subject.empty()) {
+          seq = &seqs[{rec.topic, msg.subject}];
+          switch (internal::DecideSequence(opts_.sequence_policy, seq->last, msg.sequence,
+                                           done_attempts + 1 >= opts_.max_attempts)) {
+            case internal::SeqVerdict::kInOrder:
+              break;
+            case internal::SeqVerdict::kStaleApply:
+              log_.LogEvery("stale", std::chrono::seconds(10), Level::kWarn,
+                            "stale sequence applied (policy apply)",
+                            {{"key", msg.subject}, {"seq", msg.sequence}, {"last", *seq->last}});
+              break;
+            case internal::SeqVerdict::kStaleSkip:
+              log_.LogEvery("stale", std::chrono::seconds(10), Level::kWarn,
+                            "stale sequence skipped",
+                            {{"key", msg.subject}, {"seq", msg.sequence}, {"last", *seq->last}});
+              ++tally.stale;
+              skip = true;
+              break;
+            case internal::SeqVerdict::kGapHold:
+              throw NeedCareful{};  // the inbox rows after it must not be kept
+            case internal::SeqVerdict::kGapApply:
+              ++tally.gaps;
+              log_.LogEvery("gap", std::chrono::seconds(10), Level::kWarn, "sequence gap",
+                            {{"key", msg.subject}, {"seq", msg.sequence}, {"last", *seq->last}});
+              break;
+          }
+        }
+        if (!skip) {
+          Status st = RunHandler(handler->second, tx, rec, msg, done_attempts + 1, tally);
+          if (!st.ok() && handler_hit_aborted_tx_) throw NeedCareful{};  // not its fault
+          if (!st.ok()) {
+            // Only this record's writes must go: the careful re-run settles it with this
+            // result (without calling the handler again) and keeps the others.
+            pending_failures_[{s.tp, rec.offset}] = st;
+            throw NeedCareful{};
+          }
+          if (seq != nullptr) {
+            seq->last = std::max(seq->last.value_or(msg.sequence), msg.sequence);
+            seq->dirty = true;
+          }
+          ++tally.applied;
+        }
+      }
+      inflight_ = nullptr;
+      s.settled = it.index + 1;
+    }
+    std::vector<std::string> st, sk;
+    std::vector<int64_t> sv;
+    for (const auto& [k, v] : seqs) {
+      if (!v.dirty) continue;
+      st.push_back(k.first);
+      sk.push_back(k.second);
+      sv.push_back(*v.last);
+    }
+    if (!st.empty())
+      tx.exec_prepared0("converge_seq_put_batch", opts_.group, pg::TextArrayLiteral(st),
+                        pg::TextArrayLiteral(sk), pg::IntArrayLiteral(sv));
+  }
+
+  // Runs a handler, timing it; exceptions become a Status.
+  Status RunHandler(const Handler& handler, pqxx::transaction_base& tx, const ReceivedRecord& rec,
+                    const Message& msg, int attempt, Tally& tally) {
+    Context ctx(tx, rec, msg, attempt);
+    Status st;
+    const SteadyTime t0 = std::chrono::steady_clock::now();
+    handler_hit_aborted_tx_ = false;
+    try {
+      st = handler(msg, ctx);
+    } catch (const pqxx::sql_error& e) {
+      // 25P02: an earlier statement (of another record) had already aborted the transaction.
+      handler_hit_aborted_tx_ = e.sqlstate() == "25P02";
+      st = pg::StatusFromException(e);
+    } catch (const std::exception& e) {
+      st = pg::StatusFromException(e);
+    } catch (...) {
+      st = Status::Internal("handler threw a non-standard exception");
+    }
+    const double handler_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    tally.handler_seconds += handler_seconds;
+    if (handler_hist_ != nullptr) handler_hist_->Observe(handler_seconds);
+    return st;
+  }
+
+  static std::string HexOf(const std::string& bytes) {
+    static constexpr char kDigits[] = "0123456789abcdef";
+    std::string out(bytes.size() * 2, '0');
+    for (size_t i = 0; i < bytes.size(); ++i) {
+      const auto b = static_cast<unsigned char>(bytes[i]);
+      out[2 * i] = kDigits[b >> 4];
+      out[2 * i + 1] = kDigits[b & 0xf];
+    }
+    return out;
+  }
+
   void Committed(std::vector<Slice>& batch, const Tally& tally) {
+    pending_failures_.clear();
     std::vector<ReceivedRecord> acked;
     uint64_t settled_total = 0;
     uint64_t fenced = 0;
@@ -916,20 +1250,15 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
           break;
       }
     }
-    Context ctx(tx, rec, *msg, at.count + 1);
     Status st;
-    const SteadyTime t0 = std::chrono::steady_clock::now();
-    try {
-      st = handler->second(*msg, ctx);
-    } catch (const std::exception& e) {
-      st = pg::StatusFromException(e);
-    } catch (...) {
-      st = Status::Internal("handler threw a non-standard exception");
+    if (auto pending = pending_failures_.find({tp, rec.offset});
+        pending != pending_failures_.end()) {
+      // The fast path ran this attempt already and it failed: settle it with that result.
+      st = pending->second;
+      pending_failures_.erase(pending);
+    } else {
+      st = RunHandler(handler->second, tx, rec, *msg, at.count + 1, tally);
     }
-    const double handler_seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    tally.handler_seconds += handler_seconds;
-    if (handler_hist_ != nullptr) handler_hist_->Observe(handler_seconds);
     if (st.ok()) {
       // If the handler swallowed an SQL error and still returned OK, these statements fail and
       // the whole batch is re-run (the record is charged an attempt).
@@ -1040,7 +1369,11 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
   std::unique_ptr<pqxx::connection> conn_;
   std::map<TopicPartition, Part> parts_;
   std::map<std::pair<TopicPartition, int64_t>, Attempts> attempts_;
+  // Handler failures of the fast path, settled by the careful re-run without calling the
+  // handler again. Cleared after each committed batch.
+  std::map<std::pair<TopicPartition, int64_t>, Status> pending_failures_;
   const ReceivedRecord* inflight_ = nullptr;
+  bool handler_hit_aborted_tx_ = false;  // set by RunHandler
   SteadyTime next_prune_{};
   bool initialized_ = false;
   bool closed_ = false;

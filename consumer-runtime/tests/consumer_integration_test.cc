@@ -290,6 +290,35 @@ TEST_F(ConsumerTest, HandlerExceptionFromSqlIsIsolatedBySavepoint) {
   EXPECT_EQ(c->stats().transactions, 1u);  // one batch, nothing re-run
 }
 
+// The batch runs without per-record savepoints; a handler that swallows an SQL error (and so
+// leaves the transaction aborted) must still cost only itself: the batch is re-run with
+// savepoints, that record is charged and finally dead-lettered, the others apply once.
+TEST_F(ConsumerTest, HandlerSwallowingAnSqlErrorCostsOnlyItself) {
+  FakeSource* src;
+  auto c = Make(src, Options());
+  std::atomic<int> calls{0};
+  c->Handle("swallow", [&](const Message&, Context& ctx) {
+    ++calls;
+    try {
+      ctx.tx().exec("SELECT * FROM no_such_table");
+    } catch (const std::exception&) {
+    }
+    return Status::Ok();
+  });
+  for (int i = 0; i < 3; ++i) src->Produce("orders", 0, "a" + std::to_string(i), Ce(NewId()));
+  src->Produce("orders", 0, "x", Ce(NewId(), "swallow"));
+  for (int i = 0; i < 3; ++i) src->Produce("orders", 0, "b" + std::to_string(i), Ce(NewId()));
+  src->Rebalance({}, {{"orders", 0}});
+  ASSERT_TRUE(c->Init().ok());
+  ASSERT_TRUE(RunUntil(*c, [&] { return c->stats().consumed == 7; }));
+  EXPECT_EQ(Effects(), 6);
+  EXPECT_EQ(DupEffects(), 0);
+  EXPECT_EQ(DeadLetters("retries_exhausted"), 1);
+  EXPECT_EQ(db_.Scalar("SELECT attempts FROM converge.dead_letters"), "3");
+  EXPECT_EQ(StoredOffset(), 7);
+  EXPECT_EQ(db_.Count("SELECT count(*) FROM converge.inbox WHERE consumer_group = 'g1'"), 7);
+}
+
 TEST_F(ConsumerTest, ChainedStepEnqueuesInTheSameTransaction) {
   FakeSource* src;
   auto c = Make(src, Options());

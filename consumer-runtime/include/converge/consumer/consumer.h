@@ -14,7 +14,7 @@
 //
 // Handler results: OK commits the handler's writes with the message. A retriable Status
 // (kUnavailable, kAborted, kDeadlineExceeded) or a retriable exception (serialization failure,
-// deadlock) undoes only this message's writes (savepoint) and retries it after backoff; the
+// deadlock) undoes only this message's writes and retries it after backoff; the
 // other messages of the batch are kept. Any other Status or exception dead-letters the message
 // at once. After `max_attempts` the message is dead-lettered with its last error. In every
 // case the offset moves past the message in the transaction that records the outcome.
@@ -152,10 +152,11 @@ class Consumer;
 // What a handler gets besides the message. Valid only during the handler call.
 class Context {
  public:
-  // The transaction that commits with the dedupe row and the offset. The runtime has opened a
-  // SAVEPOINT for this message, so a failing statement (or a failed Status) undoes only this
-  // message's writes. Use exec/exec_params/quote on it; never commit or abort it, and do not
-  // issue COMMIT/ROLLBACK through it.
+  // The transaction that commits with the dedupe row and the offset. A failing statement (or a
+  // failed Status) undoes only this message's writes: the runtime then re-runs the batch with a
+  // SAVEPOINT per message (README "Batching"), so other handlers of the batch may run twice.
+  // Use exec/exec_params/quote on it; never commit or abort it, and do not issue
+  // COMMIT/ROLLBACK/SAVEPOINT through it.
   pqxx::transaction_base& tx() { return tx_; }
   // The record as received (topic, partition, offset, headers).
   const broker::ReceivedRecord& record() const { return record_; }
