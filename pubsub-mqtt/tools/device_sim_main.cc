@@ -44,11 +44,35 @@ struct Args {
   std::string state_dir;
 };
 
+constexpr char kUsage[] =
+    "usage: converge-device-sim --url URL [--devices N] [--prefix P] [--password PW]\n"
+    "                           [--duration SECONDS] [--toggle-probability P]\n"
+    "                           [--telemetry-interval SECONDS] [--seed N] [--clean-session]\n"
+    "                           [--state-dir DIR]\n"
+    "\n"
+    "Simulated MQTT devices (one DeviceClient each) that apply commands (a command named\n"
+    "\"fail\" is rejected), report desired states as applied and go offline and online at\n"
+    "random. Prints a summary line per device and a total at the end.\n"
+    "\n"
+    "  --url URL                  MQTT broker, tcp://host:port or ssl://host:port (required)\n"
+    "  --devices N                devices, 1..10000 (default 10)\n"
+    "  --prefix P                 device ids are P0, P1, ... (default sim-)\n"
+    "  --password PW              MQTT password of every device (default\n"
+    "                             $CONVERGE_DEVICE_PASSWORD, which keeps it out of ps)\n"
+    "  --duration SECONDS         run time, > 0 (default 10)\n"
+    "  --toggle-probability P     chance per device per second of going offline (half with\n"
+    "                             the last will, half gracefully) or back online (default 0.1)\n"
+    "  --telemetry-interval S     telemetry period of online devices, 0 = none (default 0)\n"
+    "  --seed N                   random seed, printed at start (default random)\n"
+    "  --clean-session            clean MQTT sessions (default persistent, 1 h expiry: QoS 1\n"
+    "                             commands wait in the broker while a device is offline)\n"
+    "  --state-dir DIR            keep each device's state (connection counter, reported and\n"
+    "                             applied desired versions) in DIR/<id>.state across restarts\n"
+    "\n"
+    "Exit codes: 0 ok, 1 no device could connect, 2 bad arguments.\n";
+
 int Usage(const std::string& error) {
-  std::cerr << "converge-device-sim: " << error
-            << "\nusage: converge-device-sim --url URL [--devices N] [--prefix P] [--password PW]"
-               " [--duration SECONDS] [--toggle-probability P] [--telemetry-interval SECONDS]"
-               " [--seed N] [--clean-session] [--state-dir DIR]\n";
+  std::cerr << "converge-device-sim: " << error << "\n" << kUsage;
   return 2;
 }
 
@@ -61,6 +85,10 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string k = argv[i];
     auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
+    if (k == "--help" || k == "-h") {
+      std::cout << kUsage;
+      return 0;
+    }
     try {
       if (k == "--clean-session") {
         a.clean_session = true;
