@@ -11,7 +11,8 @@
 #      over MQTT (devices go offline and online) and completes on its ack; stock-outs and
 #      declined payments are compensated (converge-reconciler drives deadlines); the relay is
 #      killed once more mid-stream and commands are published twice on purpose; the report
-#      checks that every order ended completed XOR compensated and stock and money add up.
+#      checks that every order ended completed XOR compensated and stock and money add up, and
+#      shows the order latency of the steady state apart from the relay kill window.
 # Processes it started are stopped on exit, also on failure or Ctrl-C.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -120,7 +121,7 @@ DELETE FROM converge.inbox WHERE consumer_group LIKE 'shop-%';
 DELETE FROM converge.consumer_key_seq WHERE consumer_group LIKE 'shop-%';
 DELETE FROM converge.dead_letters WHERE consumer_group LIKE 'shop-%';
 SQL
-"$bin/converge-shop" setup --skus 10 --stock 25 --shipping 1
+"$bin/converge-shop" setup --skus 10 --stock 55 --shipping 1
 "$bin/converge-device-sim" --url "$CONVERGE_MQTT_URL" --devices 5 --prefix truck- \
   --toggle-probability 0.05 --duration 900 --seed 7 >"$CONVERGE_STATE_DIR/demo-devices.log" 2>&1 &
 sim_pid=$!
@@ -130,15 +131,51 @@ relay_pid=$!
 reconciler_pid=$!
 "$bin/converge-shop" services --metrics-port 9466 --devices 5 >>"$shop_log" 2>&1 &
 shop_pid=$!
-"$bin/converge-shop" place --orders 300 --rate 60 --decline-percent 10 --seed "$(date +%s)" &
-place_pid=$!
-sleep 2.5
+seed=$(date +%s)
+in_flight() { psql_ -c "SELECT count(*) FROM converge.flows WHERE flow_type = 'shop.order' AND state IN ('running', 'compensating')"; }
+shop_backlog() { psql_ -c "SELECT count(*) FROM converge.outbox WHERE topic LIKE 'shop.%' OR topic LIKE 'devices/%'"; }
+# Waits (up to $1 seconds) until no order is in flight, showing progress.
+wait_settled() {
+  local n
+  for _ in $(seq $(($1 * 5))); do
+    n=$(in_flight)
+    printf '\r  orders in flight: %5s' "$n"
+    [[ "$n" == 0 ]] && break
+    sleep 0.2
+  done
+  echo
+}
+
+log "6a. steady state: 150 orders at 50/s"
+"$bin/converge-shop" place --orders 150 --rate 50 --decline-percent 10 --seed "$seed"
+wait_settled 60
+
+log "6b. the relay is killed with kill -9 while 100 more orders are placed"
+"$bin/converge-shop" mark disruption_start
 kill -9 "$relay_pid"; wait "$relay_pid" 2>/dev/null || true
-echo "  relay killed with kill -9 while orders were flowing; restarting it"
+killed_at=$(date +%s.%N)
+echo "  relay killed; its replacement starts at once and takes over the slots when their lease expires"
 "$bin/converge-relay" "${relay_flags[@]}" >>"$relay_log" 2>&1 &
 relay_pid=$!
-wait "$place_pid"
+"$bin/converge-shop" place --orders 100 --rate 50 --decline-percent 10 --seed "$((seed + 1))"
+for _ in $(seq 300); do
+  left=$(shop_backlog)
+  printf '\r  outbox backlog: %5s' "$left"
+  [[ "$left" == 0 ]] && break
+  sleep 0.2
+done
+echo
+[[ "$left" == 0 ]] || die "the restarted relay did not drain the outbox; see $relay_log"
+"$bin/converge-shop" mark disruption_end
+awk -v a="$killed_at" -v b="$(date +%s.%N)" 'BEGIN { printf "  relay recovered: backlog drained %.1f s after the kill\n", b - a }'
+wait_settled 120
+
+log "6c. 25 stock commands published a second time, with their original message ids"
 "$bin/converge-shop" duplicate --count 25
+
+log "6d. steady state again: 100 orders at 50/s"
+"$bin/converge-shop" place --orders 100 --rate 50 --decline-percent 10 --seed "$((seed + 2))"
+
 log "report"
 shop_rc=0
 "$bin/converge-shop" report --wait 120 || shop_rc=$?
@@ -147,7 +184,7 @@ echo
 echo
 cat <<EOF
 Where to look next:
-  convergectl status | dlq list | keys list | flows list     (build/bin/convergectl --help)
+  convergectl status | dlq list | keys list | flows list     ($bin/convergectl help)
   metrics: relay http://127.0.0.1:9464/metrics, reconciler :9465, shop services :9466
   logs:    $relay_log, $shop_log, $CONVERGE_STATE_DIR/demo-devices.log
   docs:    README.md, docs/architecture.md, docs/guarantees.md, examples/README.md

@@ -34,7 +34,7 @@ grep -qE '^RUN .*scripts/build\.sh --release' "$dockerfile" || fail "the Dockerf
 runtime=$(sed -n '/runtime-packages: begin/,/runtime-packages: end/p' "$dockerfile" | tr ' \\' '\n\n' | grep -E '^[a-z0-9][a-z0-9.+-]+$' || true)
 missing=()
 bins=()
-for name in converge-relay convergectl converge-reconciler; do
+for name in converge-relay convergectl converge-reconciler converge-shop converge-device-sim; do
   [[ -x "$bin/$name" ]] && bins+=("$bin/$name")
 done
 [[ -x "$bin/converge-relay" && -x "$bin/convergectl" ]] || fail "converge-relay and convergectl must be built in $bin"

@@ -70,10 +70,23 @@ struct Report {
   long long refunded = 0, double_charges = 0, double_reservations = 0;
   long long duplicates_skipped = 0;  // by the services' consumers (shop.service_stats)
   long long shipments = 0, delivered = 0, device_commands_applied = 0;
-  double latency_p50_ms = 0, latency_p99_ms = 0, latency_max_ms = 0;
+  // Latency (placed -> completed) of completed orders. With the marks "disruption_start" and
+  // "disruption_end" (MarkNow), orders placed inside that window are reported apart from the
+  // rest (steady state), so a deliberate relay kill does not hide the normal latency.
+  struct Latency {
+    long long orders = 0;
+    double p50_ms = 0, p99_ms = 0, max_ms = 0;
+  };
+  Latency latency;  // every completed order
+  bool has_window = false;
+  double window_seconds = 0;  // disruption_end - disruption_start
+  Latency steady;             // placed outside the window
+  Latency disrupted;          // placed inside the window
   bool consistent() const;
 };
 converge::Result<Report> ReadReport(const std::string& db_url);
+// Records the current database time under `name` in shop.marks (replacing an earlier mark).
+converge::Status MarkNow(const std::string& db_url, const std::string& name);
 std::string FormatReport(const Report& r);
 
 }  // namespace shop

@@ -2,10 +2,14 @@
 //
 //   converge-shop setup     [--skus N] [--stock N] [--shipping 1]   schema, stock, flow type
 //   converge-shop place     [--orders N] [--rate R] [--decline-percent P] [--seed S]
-//   converge-shop services  [--metrics-port P] [--devices N]  inventory, payments, orchestrator
+//   converge-shop services  [--metrics-port P] [--metrics-host H] [--devices N]
+//                                                             inventory, payments, orchestrator
 //                                                             (+ shipping over MQTT to N devices)
 //   converge-shop duplicate [--count N]                       re-publish N stock commands to Kafka
 //   converge-shop report    [--wait SECONDS]                  the end state, checked
+//   converge-shop mark      NAME                              record the database time as NAME
+//                                                             (disruption_start/_end split the
+//                                                             report's latency)
 //
 // The database comes from $CONVERGE_PG_URL, Kafka from $CONVERGE_KAFKA_BROKERS and MQTT from
 // $CONVERGE_MQTT_URL, as
@@ -156,19 +160,23 @@ int Services(Args& a, const std::string& db, const std::string& brokers) {
     consumers.emplace_back("device-ingest", std::move(ingest));
   }
   std::unique_ptr<converge::MetricsServer> server;
+  std::string metrics_address;
   if (port > 0) {
     converge::MetricsServerOptions mo;
     mo.port = static_cast<uint16_t>(port);
+    if (auto h = a.flags.find("metrics-host"); h != a.flags.end()) mo.host = h->second;
     server = std::make_unique<converge::MetricsServer>(registry, mo);
     if (Status st = server->Start(); !st.ok())
       return std::cerr << "converge-shop: metrics: " << st << "\n", 1;
+    metrics_address = mo.host + ":" + std::to_string(port);
   }
   for (auto& [name, c] : consumers) {
     if (Status st = c->Start(); !st.ok())
       return std::cerr << "converge-shop: " << name << ": " << st << "\n", 1;
   }
-  std::cout << "shop services running (inventory, payments, orchestrator); metrics on 127.0.0.1:"
-            << port << "/metrics\n"
+  std::cout << "shop services running (inventory, payments, orchestrator"
+            << (devices > 0 ? ", shipping" : "") << "); metrics on "
+            << (server ? metrics_address + "/metrics" : std::string("(off)")) << "\n"
             << std::flush;
   auto save_stats = [&] {
     try {
@@ -263,12 +271,14 @@ int Report(Args& a, const std::string& db) {
 }
 
 void Usage(std::ostream& os) {
-  os << "usage: converge-shop <setup|place|services|duplicate|report> [options]\n"
+  os << "usage: converge-shop <setup|place|services|duplicate|report|mark> [options]\n"
         "  setup     [--skus N] [--stock N] [--shipping 1]\n"
-        "  place     [--orders N] [--rate R] [--decline-percent P] [--seed S]\n"
-        "  services  [--metrics-port P] [--devices N]\n"
+        "  place     [--orders N] [--rate R] [--decline-percent P] [--seed S] [--skus N]\n"
+        "  services  [--metrics-port P] [--metrics-host H] [--devices N]\n"
         "  duplicate [--count N]\n"
         "  report    [--wait SECONDS]\n"
+        "  mark      NAME    (disruption_start, disruption_end: the report shows the latency of\n"
+        "                     orders placed between them apart from the steady state)\n"
         "Database: $CONVERGE_PG_URL. Kafka: $CONVERGE_KAFKA_BROKERS. MQTT: $CONVERGE_MQTT_URL.\n";
 }
 
@@ -309,10 +319,17 @@ int main(int argc, char** argv) {
     if (!placed.ok()) return std::cerr << "converge-shop place: " << placed.status() << "\n", 1;
     return 0;
   }
+  if (cmd == "mark") {
+    if (args.size() != 1 || args[0].rfind("--", 0) == 0)
+      return std::cerr << "converge-shop mark: expected one NAME\n", 2;
+    if (Status st = shop::MarkNow(db, args[0]); !st.ok())
+      return std::cerr << "converge-shop mark: " << st << "\n", 1;
+    return 0;
+  }
   if (brokers.empty() && (cmd == "services" || cmd == "duplicate"))
     return std::cerr << "converge-shop: set CONVERGE_KAFKA_BROKERS\n", 2;
   if (cmd == "services") {
-    Args a = Parse(args, {"metrics-port", "devices"});
+    Args a = Parse(args, {"metrics-port", "metrics-host", "devices"});
     if (!a.error.empty()) return std::cerr << "converge-shop services: " << a.error << "\n", 2;
     return Services(a, db, brokers);
   }
