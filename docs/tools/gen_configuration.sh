@@ -36,7 +36,7 @@ from its command registry (`--help-markdown`), the others from their `--help`. T
 | executable | what it is | section |
 | --- | --- | --- |
 | `converge-relay` | the outbox relay sidecar: outbox rows → Kafka and/or MQTT | [converge-relay](#converge-relay) |
-| `converge-reconciler` | flow deadlines (re-emit, compensate, park) and stuck-things metrics | [converge-reconciler](#converge-reconciler) |
+| `converge-reconciler` | flow deadlines (re-emit, compensate, park), the MQTT device sweep, stuck-things metrics | [converge-reconciler](#converge-reconciler) |
 | `convergectl` | operations CLI: migrate, status, dead letters, keys, flows | [convergectl](#convergectl) |
 | `converge-device-sim` | simulated MQTT devices (demo, tests, load) | [converge-device-sim](#converge-device-sim) |
 | `converge-devkafka` | librdkafka's mock Kafka cluster as a program (development, demo, tests) | [converge-devkafka](#converge-devkafka) |
@@ -59,10 +59,10 @@ MD
     "Many simulated devices in one process (pubsub-mqtt/README.md, docs/devices.md)." \
     "$bin/converge-device-sim" --help
   help_block converge-devkafka \
-    "librdkafka's mock Kafka cluster (broker-adapters/README.md). Not a real Kafka: keeps its topics in memory; for development, the demo and tests." \
+    "librdkafka's mock Kafka cluster (broker-adapters/README.md), for development, the demo and tests: not a real Kafka (topics in memory, no TLS or SASL). Prints bootstrap.servers=... (and control.port=...) once up; runs until SIGTERM or SIGINT." \
     "$bin/converge-devkafka" --help
   help_block converge-shop \
-    "The example shop (examples/README.md). Configured by the environment only." \
+    "The example shop (examples/README.md). PostgreSQL, Kafka and MQTT come from the environment variables below; each command takes the flags shown." \
     "$bin/converge-shop" --help
   printf '## converge-relay\n\n'
   "$bin/converge-relay" --help-markdown
