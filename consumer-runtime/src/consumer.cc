@@ -148,6 +148,34 @@ constexpr const char* kDeadLetterSql =
     "\"offset\", reason, error_code, attempts) VALUES ('consumer', $1, "
     "converge.message_uuid($2), $3, $4, $5::bigint, $6, $7, $8::bytea, $9::jsonb, $10, $11, "
     "to_timestamp($12::double precision), $13, $14, $15, $16, $17)";
+// Attempts that survive a crash (migration 0007, README "Attempts across restarts").
+constexpr const char* kAttemptsLoadSql =
+    "SELECT \"offset\", attempts, coalesce(batch_end, \"offset\"), coalesce(last_error, '') "
+    "FROM converge.consumer_attempts WHERE consumer_group = $1 AND topic = $2 AND partition = $3 "
+    "AND \"offset\" >= $4";
+constexpr const char* kAttemptsGcSql =
+    "DELETE FROM converge.consumer_attempts WHERE consumer_group = $1 AND topic = $2 "
+    "AND partition = $3 AND \"offset\" < $4";
+// Outside the batch transaction, fenced: counts the attempt about to start, or marks the batch
+// about to start ($8 = batch_end, attempts unchanged).
+constexpr const char* kAttemptStartSql =
+    "INSERT INTO converge.consumer_attempts AS a (consumer_group, topic, partition, \"offset\", "
+    "attempts, batch_end, last_error) SELECT $1, $2, $3, $4, $7, $8, $9 "
+    "FROM converge.consumer_offsets o WHERE o.consumer_group = $1 AND o.topic = $2 "
+    "AND o.partition = $3 AND o.owner = $5 AND o.epoch = $6 "
+    "ON CONFLICT (consumer_group, topic, partition, \"offset\") DO UPDATE SET "
+    "attempts = a.attempts + excluded.attempts, batch_end = GREATEST(a.batch_end, "
+    "excluded.batch_end), last_error = coalesce(excluded.last_error, a.last_error), "
+    "updated_at = now()";
+// Inside the batch transaction: a finished, failed attempt.
+constexpr const char* kAttemptFailedSql =
+    "INSERT INTO converge.consumer_attempts AS a (consumer_group, topic, partition, \"offset\", "
+    "attempts, last_error) VALUES ($1, $2, $3, $4, $5, $6) "
+    "ON CONFLICT (consumer_group, topic, partition, \"offset\") DO UPDATE SET "
+    "attempts = excluded.attempts, last_error = excluded.last_error, updated_at = now()";
+constexpr const char* kDidNotFinish =
+    "the attempt did not finish: the process stopped (crashed or was killed) while the handler "
+    "ran";
 constexpr const char* kPruneSql =
     "DELETE FROM converge.inbox WHERE ctid = ANY (ARRAY("
     "SELECT ctid FROM converge.inbox WHERE consumer_group = $1 AND topic = $2 AND partition = $3 "
@@ -526,6 +554,13 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
  private:
   struct Part {
     bool claimed = false;
+    // Attempts across restarts: the first batch after a claim is announced by a marker row;
+    // records up to suspect_until (found at claim) run one per transaction, attempt counted
+    // first; has_attempt_rows: converge.consumer_attempts may hold rows of this partition.
+    bool probation = true;
+    int64_t suspect_until = -1;
+    bool has_attempt_rows = false;
+    bool attempt_row_in_tx = false;  // the current transaction wrote one (a retried record)
     int64_t epoch = 0;
     int64_t next_offset = 0;         // committed (stored) position
     std::deque<ReceivedRecord> buf;  // polled, not yet committed
@@ -537,9 +572,10 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
   struct Slice {
     TopicPartition tp;
     int64_t epoch = 0;
-    size_t count = 0;    // records of part.buf in this batch
-    size_t start = 0;    // records before it were committed already (found by the fence)
-    size_t settled = 0;  // records whose outcome was committed
+    size_t count = 0;      // records of part.buf in this batch
+    size_t start = 0;      // records before it were committed already (found by the fence)
+    bool suspect = false;  // a lone record of a batch that did not finish last time
+    size_t settled = 0;    // records whose outcome was committed
     bool fenced = false;
   };
   // A key's last applied sequence within a fast batch.
@@ -579,6 +615,10 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
       conn_->prepare("converge_seq_put_batch", kSeqPutBatchSql);
       conn_->prepare("converge_dead_letter", kDeadLetterSql);
       conn_->prepare("converge_prune", kPruneSql);
+      conn_->prepare("converge_attempts_load", kAttemptsLoadSql);
+      conn_->prepare("converge_attempts_gc", kAttemptsGcSql);
+      conn_->prepare("converge_attempt_start", kAttemptStartSql);
+      conn_->prepare("converge_attempt_failed", kAttemptFailedSql);
       pqxx::nontransaction nt(*conn_);
       nt.exec("SET application_name = " + nt.quote("converge-consumer " + opts_.group));
       // A member paused inside a transaction (SIGSTOP, GC-like stall) holds its offset rows'
@@ -623,9 +663,30 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
       tx.exec0("SET LOCAL lock_timeout = '2s'");
       pqxx::row r =
           tx.exec_prepared1("converge_claim", opts_.group, tp.topic, tp.partition, member_id_);
+      const int64_t next = r[0].as<int64_t>();
+      tx.exec_prepared0("converge_attempts_gc", opts_.group, tp.topic, tp.partition, next);
+      pqxx::result rows =
+          tx.exec_prepared("converge_attempts_load", opts_.group, tp.topic, tp.partition, next);
       tx.commit();
-      part.next_offset = r[0].as<int64_t>();
+      part.next_offset = next;
       part.epoch = r[1].as<int64_t>();
+      part.probation = true;
+      part.suspect_until = -1;
+      part.has_attempt_rows = !rows.empty();
+      for (const auto& row : rows) {
+        const int64_t offset = row[0].as<int64_t>();
+        const int attempts = row[1].as<int>();
+        part.suspect_until = std::max(part.suspect_until, row[2].as<int64_t>());
+        if (attempts > 0) attempts_[{tp, offset}] = Attempts{attempts, row[3].as<std::string>()};
+      }
+      if (part.suspect_until >= 0)
+        log_.Warn(
+            "a batch of this partition did not finish last time; running its records one "
+            "per transaction, counting attempts",
+            {{"topic", tp.topic},
+             {"partition", tp.partition},
+             {"from", next},
+             {"to", part.suspect_until}});
       part.claimed = true;
       part.claim_failures = 0;
       log_.Info("partition claimed", {{"topic", tp.topic},
@@ -727,6 +788,17 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
     std::vector<Slice> batch;
     const SteadyTime now = clock_.Monotonic();
     size_t records = 0, bytes = 0;
+    // A record of a batch that did not finish last time runs alone (its attempt is counted
+    // before it starts, so a crash in its handler is charged to it and nothing else).
+    for (auto& [tp, part] : parts_) {
+      if (part.buf.empty() || now < part.not_before || !part.claimed) continue;
+      if (part.buf.front().offset > part.suspect_until) continue;
+      Slice s{tp, part.epoch};
+      s.count = 1;
+      s.suspect = true;
+      batch.push_back(std::move(s));
+      return batch;
+    }
     for (auto& [tp, part] : parts_) {
       if (part.buf.empty() || now < part.not_before || !part.claimed) continue;
       Slice s{tp, part.epoch};
@@ -750,10 +822,14 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
     // one (a failed handler, a held sequence gap, a statement error) rolls it back and the batch
     // is re-run carefully, each record in its own savepoint. A batch with a record that is
     // being retried starts carefully.
+    if (!AnnounceAttempts(batch)) return;  // retried by the next RunOnce
     bool careful = NeedsCareful(batch);
     for (int tx_attempt = 1;; ++tx_attempt) {
       if (!conn_ && !Reconnect()) return;  // stopping: nothing committed, nothing acked
-      for (auto& s : batch) s.settled = 0, s.fenced = false;
+      for (auto& s : batch) {
+        s.settled = 0, s.fenced = false;
+        if (auto it = parts_.find(s.tp); it != parts_.end()) it->second.attempt_row_in_tx = false;
+      }
       Tally tally;
       inflight_ = nullptr;
       bool switch_to_careful = false;
@@ -768,6 +844,7 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
           CarefulBody(tx, batch, tally);
         else
           FastBody(tx, batch, tally);
+        DropPassedAttempts(tx, batch);
         Advance(tx, batch);
         Failpoint("consumer.before_commit");
         tx.exec0("COMMIT");
@@ -818,6 +895,53 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
       }
       Committed(batch, tally);
       return;
+    }
+  }
+
+  // Before the transaction, in its own (autocommit) statement so that it outlives a crash: the
+  // first batch after a claim writes a marker row; a record of a batch that did not finish
+  // last time gets its attempt counted. False when the database could not be reached.
+  bool AnnounceAttempts(std::vector<Slice>& batch) {
+    if (!conn_ && !Reconnect()) return false;
+    for (auto& s : batch) {
+      Part& part = parts_.at(s.tp);
+      const ReceivedRecord& head = part.buf.front();
+      try {
+        if (s.suspect) {
+          Attempts& at = attempts_[{s.tp, head.offset}];
+          if (at.count >= opts_.max_attempts) continue;  // dead-lettered without running
+          pqxx::nontransaction(*conn_).exec_prepared0(
+              "converge_attempt_start", opts_.group, s.tp.topic, s.tp.partition, head.offset,
+              member_id_, s.epoch, 1, nullptr, kDidNotFinish);
+          part.has_attempt_rows = true;
+        } else if (part.probation) {
+          pqxx::nontransaction(*conn_).exec_prepared0(
+              "converge_attempt_start", opts_.group, s.tp.topic, s.tp.partition, head.offset,
+              member_id_, s.epoch, 0, part.buf[s.count - 1].offset, nullptr);
+          part.has_attempt_rows = true;
+          part.probation = false;
+        }
+      } catch (const std::exception& e) {
+        log_.LogEvery("attempts", std::chrono::seconds(10), Level::kWarn,
+                      "could not record an attempt; retrying",
+                      {{"error", pg::StatusFromException(e).ToString()}});
+        if (conn_ && !conn_->is_open()) conn_.reset();
+        SleepInterruptibly(reconnect_backoff_.Delay(1));
+        return false;
+      }
+    }
+    return true;
+  }
+
+  // Attempt rows below the new committed offsets are garbage: deleted in the transaction that
+  // passes them (only for partitions that have any).
+  void DropPassedAttempts(pqxx::nontransaction& tx, const std::vector<Slice>& batch) {
+    for (const auto& s : batch) {
+      if (s.fenced || s.settled == 0) continue;
+      const Part& part = parts_.at(s.tp);
+      if (!part.has_attempt_rows) continue;
+      tx.exec_prepared0("converge_attempts_gc", opts_.group, s.tp.topic, s.tp.partition,
+                        part.buf[s.settled - 1].offset + 1);
     }
   }
 
@@ -1134,6 +1258,7 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
         continue;
       }
       Part& part = it->second;
+      if (s.settled > 0 && !part.attempt_row_in_tx) part.has_attempt_rows = false;
       for (size_t i = 0; i < s.settled; ++i) {
         attempts_.erase({s.tp, part.buf.front().offset});
         part.next_offset = part.buf.front().offset + 1;
@@ -1274,6 +1399,11 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
     ++at.count;
     at.last_error = st.ToString();
     if (st.IsRetriable() && at.count < opts_.max_attempts) {
+      // Kept across restarts (committed with the batch's other records).
+      tx.exec_prepared0("converge_attempt_failed", opts_.group, tp.topic, tp.partition, rec.offset,
+                        at.count, internal::SafeText(at.last_error));
+      part.has_attempt_rows = true;
+      part.attempt_row_in_tx = true;
       part.not_before = clock_.Monotonic() + retry_backoff_.Delay(at.count);
       ++tally.retries;
       return Outcome::kRetryLater;

@@ -2,6 +2,10 @@
 // database per test), FakeSource as the broker. Each test checks the three invariants where
 // they apply: nothing lost, no effect applied twice, stored offsets never decrease.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
 
 #include <atomic>
 #include <functional>
@@ -317,6 +321,89 @@ TEST_F(ConsumerTest, HandlerSwallowingAnSqlErrorCostsOnlyItself) {
   EXPECT_EQ(db_.Scalar("SELECT attempts FROM converge.dead_letters"), "3");
   EXPECT_EQ(StoredOffset(), 7);
   EXPECT_EQ(db_.Count("SELECT count(*) FROM converge.inbox WHERE consumer_group = 'g1'"), 7);
+}
+
+// A handler that kills its process (kill -9 in the middle of the handler) never finishes an
+// attempt. Attempts are recorded outside the batch transaction, so the message is still
+// dead-lettered after max_attempts (3) runs of its handler, across restarts: the first crash is
+// noticed at the next claim (the batch marker), then the batch's records run one per
+// transaction with the attempt counted first. Each incarnation is a forked child process.
+TEST_F(ConsumerTest, HandlerThatCrashesTheProcessIsDeadLetteredAcrossRestarts) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 6; ++i) ids.push_back(NewId());
+  auto incarnation = [&]() -> int {  // exit status, or -signal
+    fflush(nullptr);
+    const pid_t pid = fork();
+    if (pid == 0) {
+      FakeSource* src;
+      auto c = Make(src, Options());
+      c->Handle("crash", [](const Message&, Context&) -> Status {
+        raise(SIGKILL);
+        return Status::Ok();
+      });
+      for (int i = 0; i < 6; ++i)
+        src->Produce("orders", 0, "p" + std::to_string(i),
+                     Ce(ids[i], i == 2 ? "crash" : "order.placed"));
+      src->Rebalance({}, {{"orders", 0}});
+      if (!c->Init().ok()) _exit(3);
+      const auto end = std::chrono::steady_clock::now() + 20s;
+      while (src->AckedPosition({"orders", 0}) < 6) {
+        if (!c->RunOnce().ok() || std::chrono::steady_clock::now() > end) _exit(2);
+      }
+      c->Close();
+      _exit(0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
+  };
+  int crashes = 0, last = 1;
+  for (int run = 0; run < 10 && last != 0; ++run) {
+    last = incarnation();
+    if (last == -SIGKILL) ++crashes;
+    ASSERT_TRUE(last == 0 || last == -SIGKILL) << "child exited with " << last;
+  }
+  EXPECT_EQ(last, 0);
+  EXPECT_EQ(crashes, 4);  // max_attempts + the first, unnoticed one
+  EXPECT_EQ(DeadLetters("retries_exhausted"), 1);
+  EXPECT_EQ(db_.Scalar("SELECT attempts || ':' || \"offset\" FROM converge.dead_letters"), "3:2");
+  EXPECT_NE(db_.Scalar("SELECT reason FROM converge.dead_letters").find("did not finish"),
+            std::string::npos);
+  EXPECT_EQ(Effects(), 5);
+  EXPECT_EQ(DupEffects(), 0);
+  EXPECT_EQ(StoredOffset(), 6);
+  EXPECT_EQ(db_.Count("SELECT count(*) FROM converge.consumer_attempts"), 0);
+}
+
+// A retriable failure's attempt count is stored with the batch, so a restart continues it.
+TEST_F(ConsumerTest, RetriableAttemptsContinueAfterARestart) {
+  const std::string id = NewId();
+  for (int run = 0; run < 2; ++run) {
+    FakeSource* src;
+    auto o = Options();
+    o.max_attempts = 4;
+    auto c = Make(src, o);
+    std::atomic<int> calls{0};
+    c->Handle("flaky", [&](const Message&, Context&) {
+      ++calls;
+      return Status::Unavailable("downstream busy");
+    });
+    src->Produce("orders", 0, "x", Ce(id, "flaky"));
+    src->Rebalance({}, {{"orders", 0}});
+    ASSERT_TRUE(c->Init().ok());
+    if (run == 0) {
+      ASSERT_TRUE(RunUntil(*c, [&] { return calls.load() == 2; }));
+      c->Close();
+      EXPECT_EQ(db_.Scalar("SELECT attempts FROM converge.consumer_attempts WHERE \"offset\" = 0"),
+                "2");
+    } else {
+      ASSERT_TRUE(RunUntil(*c, [&] { return c->stats().consumed == 1; }));
+      EXPECT_EQ(calls.load(), 2);  // 2 + 2 = max_attempts
+    }
+  }
+  EXPECT_EQ(DeadLetters("retries_exhausted"), 1);
+  EXPECT_EQ(db_.Scalar("SELECT attempts FROM converge.dead_letters"), "4");
+  EXPECT_EQ(StoredOffset(), 1);
 }
 
 TEST_F(ConsumerTest, ChainedStepEnqueuesInTheSameTransaction) {

@@ -97,6 +97,8 @@ struct ConsumerOptions {
   std::chrono::milliseconds poll_timeout{100};
   // Attempts of one message (retriable handler failures, aborted transactions) before it is
   // dead-lettered. Lost database connections do not count: they are retried without limit.
+  // Counts survive restarts, also a crash inside the handler (converge.consumer_attempts,
+  // README "Attempts across restarts").
   int max_attempts = 5;
   // Delay before re-running a message whose handler failed with a retriable error.
   BackoffPolicy retry_backoff{std::chrono::milliseconds(100), std::chrono::milliseconds(10000), 2.0,
