@@ -16,8 +16,11 @@
 // attempt) emitted once, compensation started at most once per flow and never for a healthy one,
 // compensations in reverse step order, no completed step without its history. Results files go
 // to the robustness results directory (tests/robustness/harness.h).
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -51,6 +54,41 @@ constexpr int kMaxAttempts = 2;
 constexpr int kCompensationMaxAttempts = 2;
 
 std::string Reconciler() { return testing::BinDir() + "/converge-reconciler"; }
+
+// A minimal HTTP/1.0 GET on 127.0.0.1; "" when nothing listens.
+std::string HttpGet(int port, const std::string& path) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return "";
+  }
+  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
+  [[maybe_unused]] auto w = ::write(fd, req.data(), req.size());
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  return out;
+}
+
+// Device sweeps run or skipped by a reconciler (its /metrics), -1 when unreadable.
+double DeviceSweepRounds(int port) {
+  const std::string m = HttpGet(port, "/metrics");
+  double total = 0;
+  for (const char* outcome : {"ran", "skipped"}) {
+    const std::string needle =
+        std::string("\nconverge_reconciler_device_sweeps_total{outcome=\"") + outcome + "\"} ";
+    auto at = m.find(needle);
+    if (at == std::string::npos) return -1;
+    total += std::stod(m.substr(at + needle.size()));
+  }
+  return total;
+}
 
 std::string Slurp(const std::string& path) {
   std::ifstream f(path);
@@ -342,6 +380,7 @@ class ReconcilerRobustness : public ::testing::Test {
   static testing::PrivatePostgres* pg_;
   static bool started_;
   std::string name_, url_, scenario_;
+  std::map<std::string, std::string> h_extra_;
   std::unique_ptr<pqxx::connection> conn_;
   uint64_t seed_ = 0;
   std::atomic<bool> stop_{false}, starter_done_{false};
@@ -443,12 +482,25 @@ TEST_F(ReconcilerRobustness, ClockJumps) {
   env_real_monotonic["FAKETIME_DONT_FAKE_MONOTONIC"] = "1";
   StartWorkload(160, 8000ms);
   ChildProcess a, b;
-  ASSERT_TRUE(a.Start(Reconciler(), Args("faked-monotonic"), env, LogPath()));
+  const int port = testing::FreeLoopbackPort();
+  auto faked_args = Args("faked-monotonic");
+  faked_args[3] = "--metrics.port=" + std::to_string(port);
+  ASSERT_TRUE(a.Start(Reconciler(), faked_args, env, LogPath()));
   ASSERT_TRUE(b.Start(Reconciler(), Args("real-monotonic"), env_real_monotonic, LogPath()));
   faults.Add("two reconcilers with the host clock +1h");
   std::this_thread::sleep_for(6s);
   set_offset("-1h");
   faults.Add("host clock jumps to -1h (two hours back)");
+  // The reconciler whose monotonic clock stepped back two hours keeps sweeping devices (every
+  // 100 ms): its periodic tasks are due again when the clock reads earlier than their last run.
+  std::this_thread::sleep_for(1000ms);
+  const double rounds_before = DeviceSweepRounds(port);
+  std::this_thread::sleep_for(1500ms);
+  const double rounds_after = DeviceSweepRounds(port);
+  h_extra_["device_sweep_rounds_after_jump"] = std::to_string(rounds_after - rounds_before);
+  EXPECT_GE(rounds_before, 0);
+  EXPECT_GE(rounds_after - rounds_before, 3)
+      << "the device sweep stalled after the monotonic clock stepped back";
   const bool settled = WaitSettled(45s);
   // Both still cycle after the jump back: the one with the faked monotonic clock too.
   const std::string behind_hour = pqxx::nontransaction(*conn_)
@@ -463,7 +515,10 @@ TEST_F(ReconcilerRobustness, ClockJumps) {
   StopWorkload();
   std::remove(stamp.c_str());
   robustness::History h;
+  h.extra = h_extra_;
   if (!settled) h.failures.push_back("flows not settled within 45 s");
+  if (rounds_after - rounds_before < 3)
+    h.failures.push_back("device sweep stalled after the monotonic clock stepped back");
   EXPECT_TRUE(settled) << Unsettled() << " fast flows unsettled";
   // The processes really ran with both offsets: their log lines carry the faked hours.
   const std::string log = Slurp(LogPath());
