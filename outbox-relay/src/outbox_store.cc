@@ -1,5 +1,6 @@
 #include "outbox_store.h"
 
+#include <algorithm>
 #include <set>
 
 #include "converge/schemas/pg.h"
@@ -50,8 +51,23 @@ SELECT o.id, o.message_id::text, o.topic, o.key, o.seq, o.slot, o.type, o.source
    AND NOT EXISTS (SELECT 1 FROM converge.outbox_blocked_keys b
                     WHERE b.topic = o.topic AND b.key = o.key
                       AND (b.parked OR b.blocked_until > now()))
+   AND (cardinality($5::text[]) = 0 OR NOT (o.topic || E'\x01' || o.key = ANY($5::text[])))
  ORDER BY o.id
  LIMIT $2
+)sql";
+
+// The common outcome (every row confirmed, none of them clearing a retry block) in one
+// statement: the fence (the slots this relay still holds, share-locked against takeover until
+// the statement ends) and the delete of the rows of those slots. Returns the rows deleted and
+// the rows fenced (slot no longer held).
+constexpr const char* kDeleteConfirmedSql = R"sql(
+WITH valid AS (SELECT slot FROM converge.relay_slots
+                WHERE owner = $1 AND lease_until > now() FOR SHARE),
+     del AS (DELETE FROM converge.outbox
+              WHERE id = ANY($2::bigint[]) AND slot IN (SELECT slot FROM valid) RETURNING 1)
+SELECT (SELECT count(*) FROM del),
+       (SELECT count(*) FROM unnest($3::smallint[]) AS s(slot)
+         WHERE s.slot NOT IN (SELECT slot FROM valid))
 )sql";
 
 }  // namespace
@@ -74,15 +90,17 @@ Status OutboxStore::Fail(const std::exception& e) {
 }
 
 Result<std::vector<OutboxRow>> OutboxStore::Claim(const std::vector<int>& slots, int limit,
-                                                  const TopicFilter& filter) {
+                                                  const TopicFilter& filter,
+                                                  const std::vector<std::string>& exclude_keys) {
   if (!conn_) return Status::Unavailable("not connected");
   std::vector<OutboxRow> rows;
   if (slots.empty()) return rows;
   try {
-    pqxx::read_transaction tx(*conn_);
-    auto r =
-        tx.exec_params(kClaimSql, pg::IntArrayLiteral(slots), limit,
-                       pg::TextArrayLiteral(filter.include), pg::TextArrayLiteral(filter.exclude));
+    // One SELECT is atomic on its own: no BEGIN/COMMIT round trips around it.
+    pqxx::nontransaction tx(*conn_);
+    auto r = tx.exec_params(
+        kClaimSql, pg::IntArrayLiteral(slots), limit, pg::TextArrayLiteral(filter.include),
+        pg::TextArrayLiteral(filter.exclude), pg::TextArrayLiteral(exclude_keys));
     rows.reserve(r.size());
     for (const auto& f : r) {
       OutboxRow row;
@@ -111,7 +129,6 @@ Result<std::vector<OutboxRow>> OutboxStore::Claim(const std::vector<int>& slots,
       row.expired = f[15].as<bool>();
       rows.push_back(std::move(row));
     }
-    tx.commit();
     return rows;
   } catch (const std::exception& e) {
     return Fail(e);
@@ -122,6 +139,30 @@ Result<CompleteResult> OutboxStore::Complete(const std::vector<OutboxRow>& rows,
                                              const BatchOutcome& outcome) {
   if (!conn_) return Status::Unavailable("not connected");
   CompleteResult result;
+  const bool only_confirmed = outcome.retry.empty() && outcome.dead.empty() &&
+                              std::none_of(outcome.published.begin(), outcome.published.end(),
+                                           [&](size_t i) { return rows[i].was_blocked; });
+  if (only_confirmed) {
+    if (outcome.published.empty()) return result;
+    std::vector<int64_t> ids;
+    std::vector<int> slots;
+    ids.reserve(outcome.published.size());
+    slots.reserve(outcome.published.size());
+    for (size_t i : outcome.published) {
+      ids.push_back(rows[i].id);
+      slots.push_back(rows[i].slot);
+    }
+    try {
+      pqxx::nontransaction tx(*conn_);
+      auto r = tx.exec_params(kDeleteConfirmedSql, owner_, pg::IntArrayLiteral(ids),
+                              pg::IntArrayLiteral(slots));
+      result.deleted = r[0][0].as<size_t>();
+      result.fenced = r[0][1].as<size_t>();
+      return result;
+    } catch (const std::exception& e) {
+      return Fail(e);
+    }
+  }
   try {
     pqxx::work tx(*conn_);
     // Fence: the slots this relay still holds, locked against takeover until commit.

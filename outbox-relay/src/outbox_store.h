@@ -67,9 +67,19 @@ class OutboxStore {
   bool connected() const { return conn_ != nullptr; }
   void Disconnect() { conn_.reset(); }
 
-  // Rows of `slots` and `filter`, oldest first, whose key is neither parked nor in a retry block.
+  // Rows of `slots` and `filter`, oldest first, whose key is neither parked nor in a retry block
+  // nor in `exclude_keys` (ExcludedKey(topic, key) of the rows still in flight: a claim made
+  // while an earlier batch is at the broker must not take a later row of any of its keys). One
+  // statement, one round trip.
   Result<std::vector<OutboxRow>> Claim(const std::vector<int>& slots, int limit,
-                                       const TopicFilter& filter = {});
+                                       const TopicFilter& filter = {},
+                                       const std::vector<std::string>& exclude_keys = {});
+
+  // The form of (topic, key) that Claim's exclude_keys takes. Two different pairs may map to
+  // the same string only when a topic contains the separator (\x01); that only excludes more.
+  static std::string ExcludedKey(const std::string& topic, const std::string& key) {
+    return topic + '\x01' + key;
+  }
 
   // Applies a batch's outcome atomically. Only rows whose slot this relay still owns (lease
   // valid, checked under a share lock on the slot rows) are touched.

@@ -6,8 +6,10 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -117,6 +119,9 @@ struct Target {
         reconnect_backoff(BackoffPolicy{std::chrono::milliseconds(100),
                                         std::chrono::milliseconds(5000), 2.0, 0.5}) {}
   std::unique_ptr<broker::Publisher> publisher;
+  std::vector<std::unique_ptr<broker::Publisher>> more_publishers;  // see RelayTarget
+  // Guards what the publishing threads share: retry_backoff, tokens, tokens_at.
+  std::mutex shared_mu;
   TopicFilter filter;
   OutboxStore store;
   Backoff retry_backoff;
@@ -130,6 +135,87 @@ struct Target {
   std::string name;                       // publisher->Name(), fixed at construction
   double tokens = 0;
   std::chrono::steady_clock::time_point tokens_at{};
+  bool busy = false;  // counted in batches_in_flight_ (a batch claimed and not yet completed)
+};
+
+// A claimed batch on its way through a target's pipeline.
+struct Batch {
+  std::vector<OutboxRow> rows;
+  BatchOutcome outcome;
+  bool broker_down = false;
+  std::chrono::microseconds claim_time{0}, publish_time{0};  // for the debug log
+  // OutboxStore::ExcludedKey of every row: a claim made while this batch is not completed yet
+  // must not take any later row of these keys.
+  std::vector<std::string> Keys() const {
+    std::vector<std::string> keys;
+    keys.reserve(rows.size());
+    for (const auto& r : rows)
+      keys.push_back(OutboxStore::ExcludedKey(r.message.topic, r.message.subject));
+    return keys;
+  }
+};
+
+// A target's publishing thread: publishes one batch at a time (Publisher calls stay on one
+// thread) while the target's own thread completes the previous batch and claims the next.
+class PublishStage {
+ public:
+  using Work = std::function<void(Batch&)>;
+  using Done = std::function<void()>;
+  PublishStage(Work work, Done done)
+      : work_(std::move(work)), done_(std::move(done)), thread_([this] { Loop(); }) {}
+  ~PublishStage() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      quit_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  // Hands `batch` over; it must stay alive and untouched until finished() is true.
+  void Start(Batch* batch) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      job_ = batch;
+      finished_ = false;
+    }
+    cv_.notify_all();
+  }
+  bool finished() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return finished_;
+  }
+  void WaitFinished() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return finished_; });
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      cv_.wait(lock, [&] { return quit_ || job_ != nullptr; });
+      if (job_ == nullptr) return;  // quit with nothing to do
+      Batch* batch = job_;
+      lock.unlock();
+      work_(*batch);
+      lock.lock();
+      job_ = nullptr;
+      finished_ = true;
+      cv_.notify_all();
+      lock.unlock();
+      done_();
+      lock.lock();
+    }
+  }
+
+  Work work_;
+  Done done_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  Batch* job_ = nullptr;
+  bool finished_ = false;
+  bool quit_ = false;
+  std::thread thread_;  // last: starts after the members above exist
 };
 
 class Relay::Impl {
@@ -182,9 +268,26 @@ class Relay::Impl {
   void Wait(std::chrono::milliseconds timeout);
   void Sleep(std::chrono::milliseconds d) { Wait(d); }
   Result<size_t> RunTarget(Target& t);
-  void LoopTarget(Target& t);
+  // The pipelined loop of one target until Stop(): batch n is at the broker (publishing
+  // thread) while this thread completes batch n-1 and claims batch n+1, which excludes the keys
+  // of every batch not yet completed. `owns_listener`: the only target, which also owns the
+  // LISTEN connection.
+  void LoopTarget(Target& t, bool owns_listener);
+  // Connects, maintains the leases, refreshes gauges and runs the circuit breaker; sets
+  // `*slots` and whether a claim may be made now.
+  Status Prepare(Target& t, std::vector<int>* slots, bool* may_claim);
+  // Records a published batch's outcome (delete, retry, dead-letter) and its effect on the
+  // circuit breaker.
+  Status Finish(Target& t, Batch& b);
+  void SetBusy(Target& t, bool busy);
+  // Wakes the target threads (a publishing thread finished a batch).
+  void WakeTargets();
+  // Waits for a NOTIFY, Stop(), the timeout, or `any_finished()` becoming true (a publishing
+  // thread finished its batch).
+  void WaitWork(const std::function<bool()>& any_finished, std::chrono::milliseconds timeout);
   // Publishes the rows in waves and decides each row's outcome.
-  BatchOutcome PublishRows(Target& t, const std::vector<OutboxRow>& rows, bool* broker_down);
+  BatchOutcome PublishRows(Target& t, broker::Publisher& publisher,
+                           const std::vector<OutboxRow>& rows, bool* broker_down);
   bool LeaseCoversPublish();
   bool Owns(int slot) {
     std::lock_guard<std::mutex> lock(lease_mu_);
@@ -222,6 +325,8 @@ Status Relay::Impl::BuildTargets(std::vector<RelayTarget> targets) {
   std::vector<std::vector<std::string>> regexes;
   for (auto& t : targets) {
     if (!t.publisher) return Status::InvalidArgument("relay: a target has no publisher");
+    for (const auto& p : t.more_publishers)
+      if (!p) return Status::InvalidArgument("relay: a target has a null publisher");
     if (t.topics.empty()) ++catch_all;
     std::vector<std::string> res;
     for (const auto& f : t.topics) {
@@ -237,6 +342,7 @@ Status Relay::Impl::BuildTargets(std::vector<RelayTarget> targets) {
   for (size_t i = 0; i < targets.size(); ++i) {
     auto t = std::make_unique<Target>(std::move(targets[i].publisher), options_, instance_id_);
     t->name = t->publisher->Name();
+    t->more_publishers = std::move(targets[i].more_publishers);
     t->filter.include = regexes[i];
     // A topic belongs to the first explicit target that matches it, else to the catch-all.
     for (size_t j = 0; j < targets.size(); ++j) {
@@ -318,6 +424,7 @@ bool Relay::Impl::LeaseCoversPublish() {
 
 void Relay::Impl::Throttle(Target& t, size_t n) {
   if (options_.rate_limit <= 0) return;
+  std::unique_lock<std::mutex> lock(t.shared_mu);  // publishing threads share the bucket
   const auto now = clock_->Monotonic();
   if (t.tokens_at == std::chrono::steady_clock::time_point{}) {
     t.tokens_at = now;
@@ -329,17 +436,20 @@ void Relay::Impl::Throttle(Target& t, size_t n) {
   t.tokens_at = now;
   t.tokens -= static_cast<double>(n);
   if (t.tokens < 0) {
-    // Wait out the debt. Wait returns early on a NOTIFY, so loop to the deadline.
+    // Wait out the debt, in slices so that Stop() is noticed. This runs on the target's
+    // publishing thread, which must not touch the LISTEN connection (Wait would).
     const auto deadline = now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                                     std::chrono::duration<double>(-t.tokens / options_.rate_limit));
+    lock.unlock();
     while (!stop_.load() && clock_->Monotonic() < deadline)
-      Wait(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_->Monotonic()) +
-           std::chrono::milliseconds(1));
+      std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
+          deadline - clock_->Monotonic() + std::chrono::milliseconds(1),
+          std::chrono::milliseconds(50)));
   }
 }
 
-BatchOutcome Relay::Impl::PublishRows(Target& t, const std::vector<OutboxRow>& rows,
-                                      bool* broker_down) {
+BatchOutcome Relay::Impl::PublishRows(Target& t, broker::Publisher& publisher,
+                                      const std::vector<OutboxRow>& rows, bool* broker_down) {
   BatchOutcome out;
   *broker_down = false;
   // Group rows by key, in claim (= sequence) order. Wave k carries the k-th row of every key,
@@ -382,7 +492,7 @@ BatchOutcome Relay::Impl::PublishRows(Target& t, const std::vector<OutboxRow>& r
     std::vector<broker::DeliveryResult> results;
     if (!messages.empty()) {
       Failpoint("relay.before_publish");
-      results = t.publisher->PublishBatch(messages, options_.publish_timeout);
+      results = publisher.PublishBatch(messages, options_.publish_timeout);
       Failpoint("relay.after_publish");  // the broker answered; the rows are not deleted yet
     }
 
@@ -414,6 +524,7 @@ BatchOutcome Relay::Impl::PublishRows(Target& t, const std::vector<OutboxRow>& r
                "gave up after " + std::to_string(row.attempts + 1) + " attempts: " + st.ToString(),
                "gave_up", true});
         } else {
+          std::lock_guard<std::mutex> lock(t.shared_mu);
           out.retry.push_back({i, st.ToString(), t.retry_backoff.Delay(row.attempts + 1)});
         }
       } else if (st.message().find("expired before it could be published") != std::string::npos) {
@@ -463,19 +574,30 @@ void Relay::Impl::UpdateGauges(Target& t) {
   }
 }
 
-Result<size_t> Relay::Impl::RunTarget(Target& t) {
+void Relay::Impl::SetBusy(Target& t, bool busy) {
+  if (t.busy == busy) return;
+  t.busy = busy;
+  std::lock_guard<std::mutex> lock(lease_mu_);
+  batches_in_flight_ += busy ? 1 : -1;
+}
+
+Status Relay::Impl::Prepare(Target& t, std::vector<int>* slots, bool* may_claim) {
+  *may_claim = false;
   if (!t.store.connected()) CONVERGE_RETURN_IF_ERROR(t.store.Connect());
-  std::vector<int> slots;
   {
     std::lock_guard<std::mutex> lock(lease_mu_);
-    CONVERGE_RETURN_IF_ERROR(leaser_.Maintain(/*force=*/false,
-                                              /*allow_release=*/batches_in_flight_ == 0));
-    slots = leaser_.owned();
+    const bool idle = batches_in_flight_ == 0;
+    // Surplus slots are given back only while no target has a batch in flight; a pipeline that
+    // never runs empty is drained for it (no new claims until the release happened).
+    CONVERGE_RETURN_IF_ERROR(
+        leaser_.Maintain(/*force=*/idle && leaser_.release_pending(), /*allow_release=*/idle));
+    *slots = leaser_.owned();
+    if (leaser_.release_pending()) return Status::Ok();
   }
-  stats_.ready.store(slots.empty() ? 0 : 1);
+  stats_.ready.store(slots->empty() ? 0 : 1);
   UpdateGauges(t);
   const auto now = clock_->Monotonic();
-  if (now < t.breaker_until) return static_cast<size_t>(0);
+  if (now < t.breaker_until) return Status::Ok();
   if (t.breaker_until != std::chrono::steady_clock::time_point{}) {
     // Half-open: ask the broker before claiming anything.
     Status st = t.publisher->CheckConnected(std::chrono::milliseconds(2000));
@@ -484,7 +606,7 @@ Result<size_t> Relay::Impl::RunTarget(Target& t) {
       log_.LogEvery("relay.breaker." + t.publisher->Name(), std::chrono::seconds(30), Level::kWarn,
                     "broker still unreachable; circuit breaker stays open",
                     {{"broker", t.publisher->Name()}, {"error", st.ToString()}});
-      return static_cast<size_t>(0);
+      return Status::Ok();
     }
     log_.Log(Level::kInfo, "broker reachable again; circuit breaker closed",
              {{"broker", t.publisher->Name()}});
@@ -494,27 +616,12 @@ Result<size_t> Relay::Impl::RunTarget(Target& t) {
     t.breaker_open.store(false);
     stats_.breaker_open.fetch_sub(1);
   }
-  // From the claim to the completion this target has a batch in flight: no slot is given back
-  // meanwhile (see lease_mu_).
-  {
-    std::lock_guard<std::mutex> lock(lease_mu_);
-    ++batches_in_flight_;
-  }
-  struct InFlight {
-    Impl* impl;
-    ~InFlight() {
-      std::lock_guard<std::mutex> lock(impl->lease_mu_);
-      --impl->batches_in_flight_;
-    }
-  } in_flight{this};
-  CONVERGE_ASSIGN_OR_RETURN(auto rows, t.store.Claim(slots, options_.batch_size, t.filter));
-  if (rows.empty()) return static_cast<size_t>(0);
-  stats_.batches.fetch_add(1);
-  if (observer_) observer_->OnBatch(rows.size());
+  *may_claim = !slots->empty();
+  return Status::Ok();
+}
 
-  bool broker_down = false;
-  BatchOutcome outcome = PublishRows(t, rows, &broker_down);
-  auto done = t.store.Complete(rows, outcome);
+Status Relay::Impl::Finish(Target& t, Batch& b) {
+  auto done = t.store.Complete(b.rows, b.outcome);
   Failpoint("relay.after_complete");
   if (!done.ok()) {
     // The broker has the rows but the deletes did not commit: they will be published again
@@ -523,16 +630,16 @@ Result<size_t> Relay::Impl::RunTarget(Target& t) {
   }
   stats_.published.fetch_add(done->deleted);
   stats_.fenced.fetch_add(done->fenced);
-  stats_.dead_lettered.fetch_add(outcome.dead.size());
-  for (const auto& d : outcome.dead)
+  stats_.dead_lettered.fetch_add(b.outcome.dead.size());
+  for (const auto& d : b.outcome.dead)
     log_.Log(Level::kWarn, "dead-lettered a message",
-             {{"message_id", rows[d.row].message.id},
-              {"topic", rows[d.row].message.topic},
-              {"key", rows[d.row].message.subject},
+             {{"message_id", b.rows[d.row].message.id},
+              {"topic", b.rows[d.row].message.topic},
+              {"key", b.rows[d.row].message.subject},
               {"broker", t.publisher->Name()},
               {"reason", d.reason},
               {"key_parked", d.park_key}});
-  if (broker_down) {
+  if (b.broker_down) {
     if (++t.breaker_failures >= options_.breaker_failures &&
         t.breaker_until == std::chrono::steady_clock::time_point{}) {
       t.breaker_until = clock_->Monotonic() + t.breaker_backoff.Delay(++t.breaker_opens);
@@ -541,10 +648,33 @@ Result<size_t> Relay::Impl::RunTarget(Target& t) {
       log_.Log(Level::kError, "broker unreachable; circuit breaker open",
                {{"broker", t.publisher->Name()}, {"failed_batches", t.breaker_failures}});
     }
-  } else if (!outcome.published.empty()) {
+  } else if (!b.outcome.published.empty()) {
     t.breaker_failures = 0;
   }
-  return rows.size();
+  return Status::Ok();
+}
+
+Result<size_t> Relay::Impl::RunTarget(Target& t) {
+  std::vector<int> slots;
+  bool may_claim = false;
+  CONVERGE_RETURN_IF_ERROR(Prepare(t, &slots, &may_claim));
+  if (!may_claim) return static_cast<size_t>(0);
+  // From the claim to the completion this target has a batch in flight: no slot is given back
+  // meanwhile (see lease_mu_).
+  SetBusy(t, true);
+  struct NotBusy {
+    Impl* impl;
+    Target& t;
+    ~NotBusy() { impl->SetBusy(t, false); }
+  } not_busy{this, t};
+  Batch b;
+  CONVERGE_ASSIGN_OR_RETURN(b.rows, t.store.Claim(slots, options_.batch_size, t.filter));
+  if (b.rows.empty()) return static_cast<size_t>(0);
+  stats_.batches.fetch_add(1);
+  if (observer_) observer_->OnBatch(b.rows.size());
+  b.outcome = PublishRows(t, *t.publisher, b.rows, &b.broker_down);
+  CONVERGE_RETURN_IF_ERROR(Finish(t, b));
+  return b.rows.size();
 }
 
 Result<size_t> Relay::Impl::RunOnce() {
@@ -559,30 +689,206 @@ Result<size_t> Relay::Impl::RunOnce() {
   return total;
 }
 
-void Relay::Impl::LoopTarget(Target& t) {
-  while (!stop_.load()) {
-    auto r = RunTarget(t);
-    if (!r.ok()) {
-      stats_.ready.store(0);
-      const auto delay = t.reconnect_backoff.Delay(++t.reconnect_attempt);
-      log_.LogEvery("relay.loop." + t.publisher->Name(), std::chrono::seconds(10), Level::kWarn,
-                    "relay cycle failed",
-                    {{"broker", t.publisher->Name()},
-                     {"error", r.status().ToString()},
-                     {"retry_in_ms", delay.count()}});
-      Sleep(delay);
+void Relay::Impl::WakeTargets() {
+  if (targets_.size() == 1) {
+    if (wake_pipe_[1] >= 0) {
+      char c = 2;
+      [[maybe_unused]] auto n = ::write(wake_pipe_[1], &c, 1);
+    }
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(wake_mu_);
+    ++wake_gen_;
+  }
+  wake_cv_.notify_all();
+}
+
+void Relay::Impl::WaitWork(const std::function<bool()>& any_finished,
+                           std::chrono::milliseconds timeout) {
+  if (targets_.size() == 1) {
+    // A stage writes to the wake pipe when it finishes; a byte written before this poll is
+    // still there, so nothing is lost.
+    if (any_finished && any_finished()) return;
+    return WaitForWork(timeout);
+  }
+  std::unique_lock<std::mutex> lock(wake_mu_);
+  const uint64_t gen = wake_gen_;
+  wake_cv_.wait_for(lock, timeout, [&] {
+    return stop_.load() || wake_gen_ != gen || (any_finished && any_finished());
+  });
+}
+
+void Relay::Impl::LoopTarget(Target& t, bool owns_listener) {
+  // The pipeline. One publishing thread (stage) per publisher of the target; `flying[i]` is
+  // the batch at stage i, `done` holds batches published and waiting for their outcome to be
+  // recorded, `next` a batch claimed and waiting for a free stage. A claim excludes the keys
+  // of every flying and done batch (their rows are still in the table, and a later row of
+  // their keys must not be published before their outcome is recorded: a failed row blocks
+  // its key), so the batches at the broker have disjoint keys.
+  std::vector<broker::Publisher*> publishers{t.publisher.get()};
+  for (auto& p : t.more_publishers) publishers.push_back(p.get());
+  std::vector<std::optional<Batch>> flying(publishers.size());
+  std::vector<std::unique_ptr<PublishStage>> stages;
+  for (size_t i = 0; i < publishers.size(); ++i) {
+    stages.push_back(std::make_unique<PublishStage>(
+        [this, &t, p = publishers[i]](Batch& b) {
+          const auto start = clock_->Monotonic();
+          b.outcome = PublishRows(t, *p, b.rows, &b.broker_down);
+          b.publish_time =
+              std::chrono::duration_cast<std::chrono::microseconds>(clock_->Monotonic() - start);
+        },
+        [this] { WakeTargets(); }));
+  }
+  std::vector<Batch> done;
+  std::optional<Batch> next;
+  auto any_finished = [&] {
+    for (size_t i = 0; i < stages.size(); ++i)
+      if (flying[i] && stages[i]->finished()) return true;
+    return false;
+  };
+  auto free_stage = [&]() -> int {
+    for (size_t i = 0; i < stages.size(); ++i)
+      if (!flying[i]) return static_cast<int>(i);
+    return -1;
+  };
+  auto count_flying = [&] {
+    size_t n = 0;
+    for (const auto& f : flying) n += f.has_value();
+    return n;
+  };
+  bool more_waiting = false;  // the last claim was full: a backlog
+  auto failed = [&](const Status& st) {
+    stats_.ready.store(0);
+    const auto delay = t.reconnect_backoff.Delay(++t.reconnect_attempt);
+    log_.LogEvery("relay.loop." + t.publisher->Name(), std::chrono::seconds(10), Level::kWarn,
+                  "relay cycle failed",
+                  {{"broker", t.publisher->Name()},
+                   {"error", st.ToString()},
+                   {"retry_in_ms", delay.count()}});
+    return delay;
+  };
+  while (true) {
+    const bool stopping = stop_.load();
+    for (size_t i = 0; i < stages.size(); ++i) {
+      if (flying[i] && stages[i]->finished()) {
+        done.push_back(std::move(*flying[i]));
+        flying[i].reset();
+      }
+    }
+    if (stopping) next.reset();  // claimed, not published: simply left in the table
+    if (stopping && count_flying() == 0 && done.empty()) break;
+    if (owns_listener) {
+      if (observer_) observer_->OnCycle();
+      EnsureListener();
+    }
+    std::optional<std::chrono::milliseconds> backoff;
+    const bool broker_failed_all =
+        std::any_of(done.begin(), done.end(), [](const Batch& b) { return b.broker_down; });
+
+    // Claim when a stage is free (the batch goes out at once), or, with every stage busy,
+    // when the last claim was full (a backlog: the claim overlaps with the publishes). With
+    // no backlog and every stage busy the claim waits for a free stage, so that it takes
+    // every row committed meanwhile.
+    if (!stopping && !next && (free_stage() >= 0 || more_waiting)) {
+      more_waiting = false;
+      std::vector<int> slots;
+      bool may_claim = false;
+      Status st = Prepare(t, &slots, &may_claim);
+      if (!st.ok()) {
+        backoff = failed(st);
+      } else if (may_claim && !broker_failed_all) {
+        std::vector<std::string> exclude;
+        for (const auto& f : flying) {
+          if (!f) continue;
+          auto k = f->Keys();
+          exclude.insert(exclude.end(), k.begin(), k.end());
+        }
+        for (const auto& d : done) {
+          auto k = d.Keys();
+          exclude.insert(exclude.end(), k.begin(), k.end());
+        }
+        SetBusy(t, true);
+        const auto claim_start = clock_->Monotonic();
+        auto rows = t.store.Claim(slots, options_.batch_size, t.filter, exclude);
+        if (!rows.ok()) {
+          backoff = failed(rows.status());
+        } else {
+          more_waiting = static_cast<int>(rows->size()) == options_.batch_size;
+          if (!rows->empty()) {
+            next.emplace();
+            next->rows = std::move(rows).value();
+            next->claim_time = std::chrono::duration_cast<std::chrono::microseconds>(
+                clock_->Monotonic() - claim_start);
+            stats_.batches.fetch_add(1);
+            if (observer_) observer_->OnBatch(next->rows.size());
+          }
+        }
+      }
+    }
+    // The broker failed a whole batch: let its completion run the circuit breaker before
+    // anything else goes out (the rows claimed meanwhile stay in the table).
+    if (next && broker_failed_all) next.reset();
+    // Hand the claimed batch to a free publishing thread.
+    if (const int i = free_stage();
+        next && i >= 0 && !stopping && clock_->Monotonic() >= t.breaker_until) {
+      flying[i] = std::move(next);
+      next.reset();
+      stages[i]->Start(&*flying[i]);
+    }
+    // Record the outcome of the published batches (overlaps with the batches at the broker).
+    for (auto& d : done) {
+      const auto finish_start = clock_->Monotonic();
+      Status st = Finish(t, d);
+      if (LogEnabled(Level::kDebug))
+        log_.Log(Level::kDebug, "batch",
+                 {{"broker", t.name},
+                  {"rows", d.rows.size()},
+                  {"claim_us", d.claim_time.count()},
+                  {"publish_us", d.publish_time.count()},
+                  {"complete_us", std::chrono::duration_cast<std::chrono::microseconds>(
+                                      clock_->Monotonic() - finish_start)
+                                      .count()},
+                  {"at_broker", count_flying()}});
+      if (!st.ok()) {
+        // Its rows stay in the table and are published again (duplicates, never losses).
+        // Claims made so far excluded its keys; a later claim sees them again.
+        backoff = failed(st);
+      } else {
+        t.reconnect_attempt = 0;
+      }
+    }
+    done.clear();
+    if (next && clock_->Monotonic() < t.breaker_until) next.reset();  // the breaker opened
+    const size_t at_broker = count_flying();
+    if (at_broker == 0 && !next) SetBusy(t, false);
+
+    if (stopping && at_broker > 0) {
+      // Stop(): the publishing threads end their batches after the current wave.
+      for (size_t i = 0; i < stages.size(); ++i)
+        if (flying[i]) stages[i]->WaitFinished();
       continue;
     }
-    t.reconnect_attempt = 0;
-    if (*r == static_cast<size_t>(options_.batch_size)) continue;  // more is waiting
+    if (backoff) {
+      // A failed statement: wait (the batches at the broker go on) and start over.
+      WaitWork(nullptr, *backoff);
+      continue;
+    }
+    if (at_broker > 0) {
+      // With a backlog and no batch waiting, claim the next one at once; otherwise wait for
+      // a publishing thread to finish (or, with one free, for rows to arrive).
+      if (next || !more_waiting) WaitWork(any_finished, options_.poll_interval);
+      continue;
+    }
     if (clock_->Monotonic() < t.breaker_until) {
       Sleep(std::chrono::duration_cast<std::chrono::milliseconds>(t.breaker_until -
                                                                   clock_->Monotonic()));
       continue;
     }
-    if (*r > 0) continue;  // look again at once: the batch may have unblocked later rows
-    Wait(options_.poll_interval);
+    if (more_waiting) continue;
+    WaitWork(nullptr, options_.poll_interval);
   }
+  SetBusy(t, false);
 }
 
 Status Relay::Impl::Run() {
@@ -597,33 +903,12 @@ Status Relay::Impl::Run() {
             {"strict_key_order", options_.strict_key_order}});
   if (targets_.size() == 1) {
     // One target: it runs here and owns the LISTEN connection itself.
-    Target& t = *targets_[0];
-    while (!stop_.load()) {
-      if (observer_) observer_->OnCycle();
-      EnsureListener();
-      auto r = RunTarget(t);
-      if (!r.ok()) {
-        stats_.ready.store(0);
-        const auto delay = t.reconnect_backoff.Delay(++t.reconnect_attempt);
-        log_.LogEvery("relay.loop", std::chrono::seconds(10), Level::kWarn, "relay cycle failed",
-                      {{"error", r.status().ToString()}, {"retry_in_ms", delay.count()}});
-        Sleep(delay);
-        continue;
-      }
-      t.reconnect_attempt = 0;
-      if (*r == static_cast<size_t>(options_.batch_size)) continue;  // more is waiting
-      if (clock_->Monotonic() < t.breaker_until) {
-        Sleep(std::chrono::duration_cast<std::chrono::milliseconds>(t.breaker_until -
-                                                                    clock_->Monotonic()));
-        continue;
-      }
-      if (*r > 0) continue;  // look again at once: the batch may have unblocked later rows
-      WaitForWork(options_.poll_interval);
-    }
+    LoopTarget(*targets_[0], /*owns_listener=*/true);
   } else {
     // Bulkheads: one thread per target; this thread owns the LISTEN connection and wakes them.
     std::vector<std::thread> threads;
-    for (auto& t : targets_) threads.emplace_back([this, &t] { LoopTarget(*t); });
+    for (auto& t : targets_)
+      threads.emplace_back([this, &t] { LoopTarget(*t, /*owns_listener=*/false); });
     while (!stop_.load()) {
       if (observer_) observer_->OnCycle();
       EnsureListener();
@@ -642,7 +927,10 @@ Status Relay::Impl::Run() {
     for (auto& th : threads) th.join();
   }
   log_.Log(Level::kInfo, "relay stopping: releasing slot leases", {{"instance", instance_id_}});
-  for (auto& t : targets_) t->publisher->Close(std::chrono::milliseconds(5000));
+  for (auto& t : targets_) {
+    t->publisher->Close(std::chrono::milliseconds(5000));
+    for (auto& p : t->more_publishers) p->Close(std::chrono::milliseconds(5000));
+  }
   Status st = leaser_.ReleaseAll();
   if (!st.ok())
     log_.Log(Level::kWarn, "could not release leases; they expire by themselves",
@@ -653,7 +941,7 @@ Status Relay::Impl::Run() {
 namespace {
 std::vector<RelayTarget> OneTarget(std::unique_ptr<broker::Publisher> publisher) {
   std::vector<RelayTarget> v;
-  v.push_back(RelayTarget{std::move(publisher), {}});
+  v.push_back(RelayTarget{std::move(publisher), {}, {}});
   return v;
 }
 }  // namespace

@@ -60,6 +60,7 @@ Status SlotLeaser::Maintain(bool force, bool allow_release) {
     const int target = (kSlots + std::max(live, 1) - 1) / std::max(live, 1);
 
     std::vector<int> owned;
+    bool release_pending = false;
     for (const auto& f : tx.exec_params(
              "UPDATE converge.relay_slots SET lease_until = now() + $2 * interval '1 millisecond' "
              "WHERE owner = $1 AND lease_until > now() RETURNING slot",
@@ -67,7 +68,9 @@ Status SlotLeaser::Maintain(bool force, bool allow_release) {
       owned.push_back(f[0].as<int>());
     std::sort(owned.begin(), owned.end());
 
-    if (static_cast<int>(owned.size()) > target && allow_release) {
+    if (static_cast<int>(owned.size()) > target && !allow_release) {
+      release_pending = true;
+    } else if (static_cast<int>(owned.size()) > target) {
       // Give back the surplus (highest slots) so newly started relays get work.
       std::vector<int> surplus(owned.begin() + target, owned.end());
       owned.resize(target);
@@ -92,6 +95,7 @@ Status SlotLeaser::Maintain(bool force, bool allow_release) {
     tx.commit();
     owned_ = std::move(owned);
     live_relays_ = live;
+    release_pending_ = release_pending;
     // Measured from before the statements were sent: never later than the database's view.
     valid_until_ = start + options_.ttl;
     next_renewal_ = start + options_.renew_interval;

@@ -44,6 +44,9 @@ class SlotLeaser {
   std::chrono::steady_clock::time_point valid_until() const { return valid_until_; }
   bool Owns(int slot) const;
   int live_relays() const { return live_relays_; }
+  // True when the last Maintain kept surplus slots because it was not allowed to release them:
+  // the relay should let its pipeline run empty and call Maintain(true, true).
+  bool release_pending() const { return release_pending_; }
 
  private:
   Status Fail(const std::exception& e);
@@ -57,6 +60,7 @@ class SlotLeaser {
   std::chrono::steady_clock::time_point valid_until_{};
   std::chrono::steady_clock::time_point next_renewal_{};
   int live_relays_ = 0;
+  bool release_pending_ = false;
 };
 
 }  // namespace converge::outbox

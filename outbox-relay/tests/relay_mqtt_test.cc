@@ -221,8 +221,8 @@ TEST(RelayMqtt, BulkheadHungMqttBrokerDoesNotSlowKafka) {
   RelayOptions ro = f.Options(milliseconds(8000));
   ro.broker_delivery_timeout = milliseconds(3000);
   std::vector<RelayTarget> targets;
-  targets.push_back({f.MqttPublisher(), {"devices/#"}});
-  targets.push_back({std::move(kp).value(), {}});
+  targets.push_back({f.MqttPublisher(), {"devices/#"}, {}});
+  targets.push_back({std::move(kp).value(), {}, {}});
   Relay relay(ro, std::move(targets));
   std::thread runner([&] { EXPECT_TRUE(relay.Run().ok()); });
 
@@ -277,8 +277,8 @@ TEST(RelayMqtt, TopicFiltersBecomeAnchoredRegexes) {
 TEST(RelayMqtt, InvalidTargetListsAreRejected) {
   Fixture f;
   std::vector<RelayTarget> targets;
-  targets.push_back({f.MqttPublisher(), {}});
-  targets.push_back({f.MqttPublisher(), {}});
+  targets.push_back({f.MqttPublisher(), {}, {}});
+  targets.push_back({f.MqttPublisher(), {}, {}});
   Relay relay(f.Options(), std::move(targets));
   auto r = relay.RunOnce();
   ASSERT_FALSE(r.ok());

@@ -75,6 +75,11 @@ struct Keys {
             s.String("relay.instance_id", "",
                      "Name of this relay in converge.relay_instances (default host:pid:id)")),
         batch_size(s.Int("relay.batch_size", 1000, "Rows claimed per batch").Range(1, 100000)),
+        kafka_producers(s.Int("relay.kafka_producers", 2,
+                              "Kafka producers, i.e. batches at the broker at once (their keys "
+                              "are disjoint); the next batch goes out while the last one waits "
+                              "for its acks")
+                            .Range(1, 8)),
         poll_interval(s.Duration("relay.poll_interval", milliseconds(500),
                                  "Poll period when no NOTIFY arrives")),
         publish_timeout(
@@ -120,7 +125,7 @@ struct Keys {
   ConfigKey<milliseconds> mqtt_keep_alive, mqtt_connect_timeout;
   ConfigKey<int64_t> mqtt_max_inflight;
   ConfigKey<std::string> instance_id;
-  ConfigKey<int64_t> batch_size;
+  ConfigKey<int64_t> batch_size, kafka_producers;
   ConfigKey<milliseconds> poll_interval, publish_timeout, lease_ttl, lease_renew, takeover_grace;
   ConfigKey<bool> strict_order;
   ConfigKey<milliseconds> retry_initial, retry_max;
@@ -298,12 +303,18 @@ int Main(int argc, char** argv) {
     // MQTT first: its filters decide; Kafka (if any) takes every other topic.
     auto mp = broker::MakeMqttPublisher(mo);
     if (!mp.ok()) return invalid(mp.status().message());
-    targets.push_back({std::move(mp).value(), mqtt_topics});
+    targets.push_back({std::move(mp).value(), mqtt_topics, {}});
   }
   if (use_kafka) {
     auto publisher = broker::MakeKafkaPublisher(ko);
     if (!publisher.ok()) return invalid(publisher.status().message());
-    targets.push_back({std::move(publisher).value(), {}});
+    outbox::RelayTarget kafka{std::move(publisher).value(), {}, {}};
+    for (int64_t i = 1; i < cfg.Get(k.kafka_producers); ++i) {
+      auto more = broker::MakeKafkaPublisher(ko);
+      if (!more.ok()) return invalid(more.status().message());
+      kafka.more_publishers.push_back(std::move(more).value());
+    }
+    targets.push_back(std::move(kafka));
   }
   if (cfg.check_config_requested()) {
     std::cout << cfg.DumpEffective() << "configuration OK\n";

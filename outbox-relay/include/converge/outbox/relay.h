@@ -111,6 +111,12 @@ struct RelayTarget {
   // to the first target (in constructor order) with a matching filter; a target with no filters
   // takes every topic no other target's filters match. At most one target may have none.
   std::vector<std::string> topics;
+  // More publishers to the same broker (e.g. further Kafka producers), for Run(): each one
+  // takes a batch while the others' batches wait for their confirmations, so up to
+  // 1 + more_publishers.size() batches are at the broker at once. Their keys are disjoint
+  // (a claim excludes the keys of every batch not yet recorded), so per-key order does not
+  // depend on the publishers' ordering between each other. RunOnce() uses `publisher` only.
+  std::vector<std::unique_ptr<broker::Publisher>> more_publishers;
 };
 
 // The PostgreSQL regular expression (anchored) for an outbox topic filter; kInvalidArgument

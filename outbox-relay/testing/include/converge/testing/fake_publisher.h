@@ -5,6 +5,7 @@
 //   fake->FailWhen([](const Message& m) { return m.subject == "k1" ? Status::Unavailable("x")
 //                                                                  : Status::Ok(); });
 //   fake->SetDown(true);                      // every publish fails with kUnavailable
+//   fake->BeforeBatch([](const std::vector<Message>& batch) { ... });  // e.g. hold a batch
 //
 // Thread safety: all methods are safe to call from any thread.
 #pragma once
@@ -23,6 +24,18 @@ class FakePublisher final : public broker::Publisher {
 
   std::vector<broker::DeliveryResult> PublishBatch(std::span<const Message* const> messages,
                                                    std::chrono::milliseconds) override {
+    std::function<void(const std::vector<Message>&)> hook;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      hook = before_batch_;
+    }
+    if (hook) {
+      // Called without the lock, so that it may block (a batch held at the "broker") while the
+      // test inspects the publisher.
+      std::vector<Message> batch;
+      for (const Message* m : messages) batch.push_back(*m);
+      hook(batch);
+    }
     std::lock_guard<std::mutex> l(mu_);
     std::vector<broker::DeliveryResult> out;
     ++batches_;
@@ -48,6 +61,11 @@ class FakePublisher final : public broker::Publisher {
     std::lock_guard<std::mutex> l(mu_);
     down_ = down;
   }
+  // Called with each batch before it is answered, on the publishing thread.
+  void BeforeBatch(std::function<void(const std::vector<Message>&)> hook) {
+    std::lock_guard<std::mutex> l(mu_);
+    before_batch_ = std::move(hook);
+  }
   void FailWhen(Rule rule) {
     std::lock_guard<std::mutex> l(mu_);
     rule_ = std::move(rule);
@@ -65,6 +83,7 @@ class FakePublisher final : public broker::Publisher {
   mutable std::mutex mu_;
   bool down_ = false;
   Rule rule_;
+  std::function<void(const std::vector<Message>&)> before_batch_;
   std::vector<Message> published_;
   int batches_ = 0;
 };
