@@ -65,6 +65,8 @@ Status ConsumerOptions::Validate() const {
   if (prune_interval.count() < 0)
     return Status::InvalidArgument("consumer.prune_interval must be >= 0");
   if (prune_batch < 1) return Status::InvalidArgument("consumer.prune_batch must be >= 1");
+  if (handler_timeout.count() < 0)
+    return Status::InvalidArgument("consumer.handler_timeout must be >= 0");
   if (transaction_idle_timeout.count() < 0)
     return Status::InvalidArgument("consumer.transaction_idle_timeout must be >= 0");
   return Status::Ok();
@@ -362,6 +364,10 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
     } catch (const std::exception& e) {
       return pg::StatusFromException(e).WithContext("consumer init");
     }
+    bound_ = source_->MaxProcessingTime();
+    if (opts_.handler_timeout.count() > 0 && (!bound_ || opts_.handler_timeout < *bound_))
+      bound_ = opts_.handler_timeout;
+    if (bound_ && bound_->count() < 1) bound_ = std::chrono::milliseconds(1);
     CONVERGE_RETURN_IF_ERROR(source_->Subscribe(opts_.topics, this));
     next_prune_ = clock_.Monotonic() + opts_.prune_interval;
     initialized_ = true;
@@ -838,7 +844,13 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
         // and runs exec_prepared outside a subtransaction's SAVEPOINT, so the runtime drives the
         // transaction itself: BEGIN, (SAVEPOINT per record when careful), COMMIT.
         pqxx::nontransaction tx(*conn_);
-        tx.exec0("BEGIN");
+        if (bound_) {
+          // One round trip: the bound is a number this process formatted, not input.
+          tx.exec0("BEGIN; SET LOCAL statement_timeout = '" + std::to_string(bound_->count()) +
+                   "ms'");
+        } else {
+          tx.exec0("BEGIN");
+        }
         Fence(tx, batch);
         if (careful)
           CarefulBody(tx, batch, tally);
@@ -1220,16 +1232,30 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
       // 25P02: an earlier statement (of another record) had already aborted the transaction.
       handler_hit_aborted_tx_ = e.sqlstate() == "25P02";
       st = pg::StatusFromException(e);
+      if (bound_ && e.sqlstate() == "57014") st = Overran();  // statement_timeout
     } catch (const std::exception& e) {
       st = pg::StatusFromException(e);
     } catch (...) {
       st = Status::Internal("handler threw a non-standard exception");
     }
-    const double handler_seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const auto elapsed = std::chrono::steady_clock::now() - t0;
+    const double handler_seconds = std::chrono::duration<double>(elapsed).count();
     tally.handler_seconds += handler_seconds;
     if (handler_hist_ != nullptr) handler_hist_->Observe(handler_seconds);
+    if (bound_ && elapsed > *bound_) st = Overran();
     return st;
+  }
+
+  Status Overran() const {
+    return Status::DeadlineExceeded("handler exceeded " + std::to_string(bound_->count()) + " ms");
+  }
+
+  // Retry backoff, kept below the handler bound when there is one (an MQTT broker must not
+  // see the message held past its keepalive).
+  std::chrono::milliseconds RetryDelay(int attempt) {
+    auto d = retry_backoff_.Delay(attempt);
+    if (bound_) d = std::min(d, std::max(std::chrono::milliseconds(1), *bound_ / 2));
+    return d;
   }
 
   static std::string HexOf(const std::string& bytes) {
@@ -1365,7 +1391,7 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
           ++at.count;
           at.last_error = "sequence gap: key " + msg->subject + " expected " +
                           std::to_string(*last + 1) + ", got " + std::to_string(msg->sequence);
-          part.not_before = clock_.Monotonic() + retry_backoff_.Delay(at.count);
+          part.not_before = clock_.Monotonic() + RetryDelay(at.count);
           ++tally.retries;
           return Outcome::kRetryLater;
         case internal::SeqVerdict::kGapApply:
@@ -1404,7 +1430,7 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
                         at.count, internal::SafeText(at.last_error));
       part.has_attempt_rows = true;
       part.attempt_row_in_tx = true;
-      part.not_before = clock_.Monotonic() + retry_backoff_.Delay(at.count);
+      part.not_before = clock_.Monotonic() + RetryDelay(at.count);
       ++tally.retries;
       return Outcome::kRetryLater;
     }
@@ -1504,6 +1530,8 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
   std::map<std::pair<TopicPartition, int64_t>, Status> pending_failures_;
   const ReceivedRecord* inflight_ = nullptr;
   bool handler_hit_aborted_tx_ = false;  // set by RunHandler
+  // The handler time bound (min of handler_timeout and the source's MaxProcessingTime).
+  std::optional<std::chrono::milliseconds> bound_;
   SteadyTime next_prune_{};
   bool initialized_ = false;
   bool closed_ = false;

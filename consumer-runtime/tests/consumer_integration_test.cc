@@ -406,6 +406,48 @@ TEST_F(ConsumerTest, RetriableAttemptsContinueAfterARestart) {
   EXPECT_EQ(StoredOffset(), 1);
 }
 
+// The source's MaxProcessingTime (MQTT: half the keepalive) bounds the handler: SQL past it is
+// cancelled by statement_timeout, a handler that returns late is charged as well; both are
+// retried and finally dead-lettered with "handler exceeded <N> ms", the others apply.
+TEST_F(ConsumerTest, HandlerOverrunningTheSourceBoundIsRetriedThenDeadLettered) {
+  FakeSource* src;
+  auto o = Options();
+  o.handler_timeout = 10s;  // the source's bound is smaller: it wins
+  auto c = Make(src, o);
+  src->SetMaxProcessingTime(300ms);
+  std::atomic<int> sql_calls{0}, cpu_calls{0};
+  c->Handle("slow.sql", [&](const Message&, Context& ctx) {
+    ++sql_calls;
+    ctx.tx().exec("SELECT pg_sleep(5)");
+    return Status::Ok();
+  });
+  c->Handle("slow.cpu", [&](const Message&, Context&) {
+    ++cpu_calls;
+    std::this_thread::sleep_for(400ms);
+    return Status::Ok();
+  });
+  src->Produce("orders", 0, "a", Ce(NewId()));
+  src->Produce("orders", 0, "x", Ce(NewId(), "slow.sql"));
+  src->Produce("orders", 0, "y", Ce(NewId(), "slow.cpu"));
+  src->Produce("orders", 0, "b", Ce(NewId()));
+  src->Rebalance({}, {{"orders", 0}});
+  ASSERT_TRUE(c->Init().ok());
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(RunUntil(
+      *c, [&] { return c->stats().consumed == 4; }, 20s));
+  // Three attempts each, every SQL attempt cancelled near 300 ms (not after pg_sleep's 5 s).
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s);
+  EXPECT_EQ(sql_calls.load(), 3);
+  EXPECT_EQ(cpu_calls.load(), 3);
+  EXPECT_EQ(DeadLetters("retries_exhausted"), 2);
+  EXPECT_EQ(db_.Count("SELECT count(*) FROM converge.dead_letters WHERE reason LIKE "
+                      "'%handler exceeded 300 ms%' AND attempts = 3"),
+            2);
+  EXPECT_EQ(Effects(), 2);
+  EXPECT_EQ(DupEffects(), 0);
+  EXPECT_EQ(StoredOffset(), 4);
+}
+
 TEST_F(ConsumerTest, ChainedStepEnqueuesInTheSameTransaction) {
   FakeSource* src;
   auto c = Make(src, Options());

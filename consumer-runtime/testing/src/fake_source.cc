@@ -39,6 +39,16 @@ void FakeSource::IgnoreAssignedOffsets(bool ignore) {
   ignore_assigned_ = ignore;
 }
 
+void FakeSource::SetMaxProcessingTime(std::optional<std::chrono::milliseconds> bound) {
+  std::lock_guard<std::mutex> lock(mu_);
+  max_processing_time_ = bound;
+}
+
+std::optional<std::chrono::milliseconds> FakeSource::MaxProcessingTime() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return max_processing_time_;
+}
+
 void FakeSource::Pause(bool paused) {
   std::lock_guard<std::mutex> lock(mu_);
   paused_ = paused;

@@ -106,6 +106,13 @@ struct ConsumerOptions {
   // Delay between reconnect attempts after the database connection was lost.
   BackoffPolicy reconnect_backoff{std::chrono::milliseconds(100), std::chrono::milliseconds(5000),
                                   2.0, 0.5};
+  // Upper bound on one handler run; zero: none. The effective bound is the smaller of this and
+  // the source's MessageSource::MaxProcessingTime() (MQTT: half the keepalive). The batch
+  // transaction runs with SET LOCAL statement_timeout = the bound, and a handler that overran
+  // it (statement timeout, or measured time after it returned) is a failed, retriable attempt:
+  // rolled back, retried with backoff (capped at half the bound), dead-lettered after
+  // max_attempts with "handler exceeded <N> ms".
+  std::chrono::milliseconds handler_timeout{0};
   // See SequencePolicy.
   SequencePolicy sequence_policy = SequencePolicy::kSkipStale;
   // See UnknownTypePolicy.

@@ -34,6 +34,8 @@ class FakeSource final : public broker::MessageSource {
   // Start every assigned partition at offset 0, whatever OnAssigned returned (a broker that
   // redelivers everything: the consumer must still apply each effect once).
   void IgnoreAssignedOffsets(bool ignore);
+  // What MaxProcessingTime() returns (default nullopt, like Kafka). Before Init().
+  void SetMaxProcessingTime(std::optional<std::chrono::milliseconds> bound);
 
   // What was acked, in order, and the highest acked offset + 1 per partition.
   std::vector<broker::ReceivedRecord> acked() const;
@@ -49,6 +51,7 @@ class FakeSource final : public broker::MessageSource {
   void Ack(const std::vector<broker::ReceivedRecord>& records) override;
   Status Seek(const broker::TopicPartition& tp, int64_t offset) override;
   void Close() override;
+  std::optional<std::chrono::milliseconds> MaxProcessingTime() const override;
 
  private:
   struct Pending {
@@ -65,6 +68,7 @@ class FakeSource final : public broker::MessageSource {
   bool paused_ = false;
   bool ignore_assigned_ = false;
   bool closed_ = false;
+  std::optional<std::chrono::milliseconds> max_processing_time_;
 };
 
 }  // namespace converge::consumer::testing
