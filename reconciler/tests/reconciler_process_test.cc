@@ -19,6 +19,7 @@
 
 #include "converge/pubsub/devices.h"
 #include "converge/reconciler/flow.h"
+#include "converge/reconciler/reconciler.h"
 #include "converge/testing/env.h"
 #include "converge/testing/pg_fixture.h"
 #include "converge/testing/process.h"
@@ -493,6 +494,11 @@ TEST_F(ReconcilerProcessTest, ThreeReconcilersSweepDevicesAndFlowsWithoutDoubleW
   }
   // Long enough for every command to expire and for several resend intervals.
   std::this_thread::sleep_for(3500ms);
+  // Take the device sweep lock ourselves (waiting for the sweep that holds it): from then on
+  // every reconciler skips its sweeps, so the counters read below are final.
+  auto lock_conn = db_.Connect();
+  pqxx::nontransaction(*lock_conn)
+      .exec_params("SELECT pg_advisory_lock($1)", reconciler::kDeviceSweepLockKey);
   double expired = 0, resent = 0, ran = 0, skipped = 0;
   for (uint16_t port : ports) {
     const std::string m = Get(port, "/metrics");
