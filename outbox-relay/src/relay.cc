@@ -829,9 +829,15 @@ void Relay::Impl::LoopTarget(Target& t, bool owns_listener) {
     // The broker failed a whole batch: let its completion run the circuit breaker before
     // anything else goes out (the rows claimed meanwhile stay in the table).
     if (next && broker_failed_all) next.reset();
-    // Hand the claimed batch to a free publishing thread.
-    if (const int i = free_stage();
-        next && i >= 0 && !stopping && clock_->Monotonic() >= t.breaker_until) {
+    // Hand the claimed batch to a free publishing thread. A full batch (a backlog) waits until
+    // no batch is at the broker: there the database, not the broker, is the bottleneck, and
+    // every row at the broker is one more row each claim has to skip. The other publishers
+    // take the small batches of moderate rates, which then need not wait for the acks of the
+    // batch before them.
+    const bool next_full = next && static_cast<int>(next->rows.size()) >= options_.batch_size;
+    if (const int i = free_stage(); next && i >= 0 && !stopping &&
+                                    clock_->Monotonic() >= t.breaker_until &&
+                                    !(next_full && count_flying() > 0)) {
       flying[i] = std::move(next);
       next.reset();
       stages[i]->Start(&*flying[i]);

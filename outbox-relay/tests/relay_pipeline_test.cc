@@ -211,13 +211,16 @@ TEST(RelayPipeline, LeaseLostWhileBatchesAreInTheAirFencesTheirDeletes) {
 namespace converge::outbox {
 namespace {
 
-// Two publishers: the second batch goes to the broker while the first waits for its
-// confirmations. Their keys must be disjoint, and a failure in the first must not let the
-// second carry the failed key's next row.
+// Two publishers: rows committed while a batch waits for its confirmations go out at once on
+// the other publisher (moderate rates: that batch is not full). The two batches' keys must be
+// disjoint, and a failure in the first must not let the second carry the failed key's next row.
 TEST(RelayPipeline, TwoPublishersCarryDisjointKeysAndAFailureIsNotOvertaken) {
   TestDatabase db;
   ASSERT_TRUE(db.ok());
-  FillHotAndCold(db);
+  // The first batch: 9 cold keys and hot#1. hot#2 and 5 more cold rows are committed while it
+  // is at the broker.
+  for (int k = 0; k < 9; ++k) Enqueue(db, "cold-" + std::to_string(k), 1);
+  Enqueue(db, "hot", 1);
   auto pub1 = std::make_unique<FakePublisher>();
   auto pub2 = std::make_unique<FakePublisher>();
   FakePublisher* fakes[2] = {pub1.get(), pub2.get()};
@@ -239,6 +242,8 @@ TEST(RelayPipeline, TwoPublishersCarryDisjointKeysAndAFailureIsNotOvertaken) {
       }
     }
     if (n != 1) return;
+    Enqueue(db, "hot", 1);
+    for (int k = 9; k < 14; ++k) Enqueue(db, "cold-" + std::to_string(k), 1);
     // Hold the first batch until the second one is at the other publisher.
     concurrent = WaitFor(
         [&] {
@@ -282,8 +287,8 @@ TEST(RelayPipeline, TwoPublishersCarryDisjointKeysAndAFailureIsNotOvertaken) {
   ASSERT_GE(first, 0);
   ASSERT_GE(second, 0);
   EXPECT_LT(first, second) << "hot#2 overtook the failed hot#1";
-  EXPECT_EQ(log.size(), 31u);
-  EXPECT_EQ(relay.stats().published.load(), 31u);
+  EXPECT_EQ(log.size(), 16u);
+  EXPECT_EQ(relay.stats().published.load(), 16u);
 }
 
 }  // namespace
