@@ -302,6 +302,9 @@ constexpr CounterSeries kCounterSeries[] = {
     {"converge_consumer_fenced_total", "Partitions found owned by another member",
      &ConsumerStats::fenced},
     {"converge_consumer_pruned_total", "Inbox rows pruned", &ConsumerStats::pruned},
+    {"converge_consumer_offsets_ahead_total",
+     "Stored offsets found ahead of the broker's log (topic recreated or truncated)",
+     &ConsumerStats::offsets_ahead},
 };
 constexpr const char* kCallbackNames[] = {"converge_consumer_consumed_total",
                                           "converge_consumer_applied_total",
@@ -316,6 +319,7 @@ constexpr const char* kCallbackNames[] = {"converge_consumer_consumed_total",
                                           "converge_consumer_transaction_failures_total",
                                           "converge_consumer_fenced_total",
                                           "converge_consumer_pruned_total",
+                                          "converge_consumer_offsets_ahead_total",
                                           "converge_consumer_buffered_records",
                                           "converge_consumer_committed_offset",
                                           "converge_consumer_lag_records"};
@@ -422,6 +426,10 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
     std::map<TopicPartition, int64_t> start;
     for (const auto& tp : tps) {
       Part& part = parts_[tp];
+      if (part.halted) {
+        std::lock_guard<std::mutex> lock(stats_mu_);
+        --stats_.partitions_halted;
+      }
       part = Part{};
       Status st = Claim(tp, part);
       if (!st.ok()) {
@@ -437,6 +445,10 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
 
   void OnRevoked(const std::vector<TopicPartition>& tps) override {
     for (const auto& tp : tps) {
+      if (auto it = parts_.find(tp); it != parts_.end() && it->second.halted) {
+        std::lock_guard<std::mutex> lock(stats_mu_);
+        --stats_.partitions_halted;
+      }
       parts_.erase(tp);
       std::erase_if(attempts_, [&](const auto& kv) { return kv.first.first == tp; });
       std::erase_if(pending_failures_, [&](const auto& kv) { return kv.first.first == tp; });
@@ -567,6 +579,7 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
     int64_t suspect_until = -1;
     bool has_attempt_rows = false;
     bool attempt_row_in_tx = false;  // the current transaction wrote one (a retried record)
+    bool halted = false;             // stored offset ahead of the broker (OffsetAheadPolicy)
     int64_t epoch = 0;
     int64_t next_offset = 0;         // committed (stored) position
     std::deque<ReceivedRecord> buf;  // polled, not yet committed
@@ -742,9 +755,58 @@ class Consumer::Impl final : public broker::AssignmentListener, public MetricsMe
       auto it = parts_.find(TopicPartition{rec.topic, rec.partition});
       if (it == parts_.end() || !it->second.claimed) continue;  // not ours (yet): drop
       Part& part = it->second;
-      if (rec.offset < part.next_offset) continue;                              // committed already
+      if (part.halted) continue;
+      if (rec.offset < part.next_offset) {
+        // Committed already, or the broker restarted the partition below the stored offset
+        // (topic recreated / truncated): the watermark that came with this fetch tells.
+        if (part.buf.empty()) {
+          const auto hw = source_->HighWatermark(it->first);
+          if (hw && *hw < part.next_offset) OffsetAhead(it->first, part, *hw);
+        }
+        if (part.halted || rec.offset < part.next_offset) continue;
+      }
       if (!part.buf.empty() && rec.offset <= part.buf.back().offset) continue;  // redelivered
       part.buf.push_back(std::move(rec));
+    }
+  }
+
+  void OffsetAhead(const TopicPartition& tp, Part& part, int64_t high_watermark) {
+    const bool reset = opts_.on_offset_ahead == OffsetAheadPolicy::kResetToEarliest;
+    log_.Error("stored offset is ahead of the broker's log (topic recreated or truncated?)",
+               {{"topic", tp.topic},
+                {"partition", tp.partition},
+                {"stored_offset", part.next_offset},
+                {"high_watermark", high_watermark},
+                {"action", reset ? "reset_to_earliest" : "halt"}});
+    {
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      ++stats_.offsets_ahead;
+      if (!reset) ++stats_.partitions_halted;
+    }
+    if (!reset) {
+      part.halted = true;
+      part.buf.clear();
+      return;
+    }
+    if (!conn_) return;  // the next record of the partition tries again
+    try {
+      pqxx::work tx(*conn_);
+      tx.exec0("SET LOCAL converge.allow_offset_rewind = 'on'");
+      pqxx::result r = tx.exec_params(
+          "UPDATE converge.consumer_offsets SET next_offset = 0, updated_at = now() "
+          "WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND owner = $4 "
+          "AND epoch = $5",
+          opts_.group, tp.topic, tp.partition, member_id_, part.epoch);
+      tx.commit();
+      if (r.affected_rows() == 1) {
+        part.next_offset = 0;
+        part.buf.clear();
+        return;
+      }
+    } catch (const std::exception& e) {
+      log_.Warn("offset reset failed; will try again",
+                {{"topic", tp.topic}, {"error", pg::StatusFromException(e).ToString()}});
+      if (conn_ && !conn_->is_open()) conn_.reset();
     }
   }
 

@@ -69,7 +69,8 @@ class ConsumerKafkaTest : public ::testing::Test {
   void Publish(const std::vector<Message>& messages) {
     std::vector<const Message*> ptrs;
     for (const auto& m : messages) ptrs.push_back(&m);
-    for (const auto& r : publisher_->PublishBatch(ptrs, 30s)) ASSERT_TRUE(r.status.ok()) << r.status;
+    for (const auto& r : publisher_->PublishBatch(ptrs, 30s))
+      ASSERT_TRUE(r.status.ok()) << r.status;
   }
 
   std::unique_ptr<broker::MessageSource> Source(std::chrono::milliseconds session = 6000ms) {
@@ -99,9 +100,8 @@ class ConsumerKafkaTest : public ::testing::Test {
       ctx.tx().exec_params("INSERT INTO effects (id, payload) VALUES ($1, $2)", m.id, m.payload);
       return Status::Ok();
     });
-    c->Handle("poison", [](const Message&, Context&) {
-      return Status::FailedPrecondition("poison");
-    });
+    c->Handle("poison",
+              [](const Message&, Context&) { return Status::FailedPrecondition("poison"); });
     return c;
   }
   bool WaitFor(const std::function<bool()>& done, std::chrono::milliseconds limit = 60s) {
@@ -179,6 +179,55 @@ TEST_F(ConsumerKafkaTest, PoisonMessageIsDeadLetteredAndPartitionContinues) {
   EXPECT_EQ(StoredTotal(), 30);
 }
 
+// The stored offsets are ahead of the broker (the topic was recreated: the rows say 1000, the
+// log has 40 records). Default policy: the partitions are halted — nothing applied, nothing
+// skipped in silence, counted — and the stored offsets stay as they were.
+TEST_F(ConsumerKafkaTest, StoredOffsetAheadOfTheBrokerHaltsThePartition) {
+  for (int p = 0; p < 4; ++p)
+    db_.Scalar(
+        "INSERT INTO converge.consumer_offsets (consumer_group, topic, partition, "
+        "next_offset) VALUES ('g1', 'orders', " +
+        std::to_string(p) + ", 1000)");
+  std::vector<Message> msgs;
+  for (int i = 0; i < 40; ++i) msgs.push_back(Make());
+  Publish(msgs);
+  auto c = NewConsumer("m1", Source());
+  ASSERT_TRUE(c->Start().ok());
+  EXPECT_TRUE(WaitFor([&] { return c->stats().partitions_halted == 4; }));
+  std::this_thread::sleep_for(500ms);
+  EXPECT_EQ(c->stats().offsets_ahead, 4u);
+  EXPECT_EQ(c->stats().consumed, 0u);
+  c->Stop();
+  EXPECT_EQ(Effects(), 0);
+  EXPECT_EQ(StoredTotal(), 4000);
+}
+
+// on_offset_ahead = reset_to_earliest: the stored offsets are rewound and the new log consumed.
+TEST_F(ConsumerKafkaTest, StoredOffsetAheadCanResetToEarliest) {
+  for (int p = 0; p < 4; ++p)
+    db_.Scalar(
+        "INSERT INTO converge.consumer_offsets (consumer_group, topic, partition, "
+        "next_offset) VALUES ('g1', 'orders', " +
+        std::to_string(p) + ", 1000)");
+  std::vector<Message> msgs;
+  for (int i = 0; i < 40; ++i) msgs.push_back(Make());
+  Publish(msgs);
+  auto o = Options("m1");
+  o.on_offset_ahead = OffsetAheadPolicy::kResetToEarliest;
+  auto c = std::make_unique<Consumer>(o, Source());
+  c->Handle("order.placed", [](const Message& m, Context& ctx) {
+    ctx.tx().exec_params("INSERT INTO effects (id, payload) VALUES ($1, $2)", m.id, m.payload);
+    return Status::Ok();
+  });
+  ASSERT_TRUE(c->Start().ok());
+  EXPECT_TRUE(WaitFor([&] { return Effects() == 40; }));
+  c->Stop();
+  EXPECT_EQ(Distinct(), 40);
+  EXPECT_EQ(StoredTotal(), 40);
+  EXPECT_EQ(c->stats().partitions_halted, 0u);
+  EXPECT_GE(c->stats().offsets_ahead, 1u);
+}
+
 // Rebalance: three members join and leave under load; one is paused (not polling) past the
 // session timeout and then resumes. Every message is applied exactly once and no stored offset
 // ever decreases (sampled throughout; the forward-only trigger would also refuse it).
@@ -201,7 +250,8 @@ TEST_F(ConsumerKafkaTest, RebalanceStormWithPausedMemberAppliesOnce) {
     std::map<int, long long> last;
     while (sampling) {
       pqxx::nontransaction nt(*conn);
-      for (const auto& row : nt.exec("SELECT partition, next_offset FROM converge.consumer_offsets")) {
+      for (const auto& row :
+           nt.exec("SELECT partition, next_offset FROM converge.consumer_offsets")) {
         const int p = row[0].as<int>();
         const long long o = row[1].as<long long>();
         if (o < last[p]) decreased = true;

@@ -73,6 +73,20 @@ enum class UnknownTypePolicy {
   kSkip,
 };
 
+// What to do when a partition's stored offset is ahead of the broker's log (the topic was
+// deleted and recreated, or truncated): the broker restarts the partition at its earliest
+// offset and every record would look "committed already" and be dropped in silence.
+enum class OffsetAheadPolicy {
+  // The default: stop consuming that partition (its records are dropped, never acked), log an
+  // error naming group/topic/partition/stored offset/high watermark, count it
+  // (offsets_ahead, partitions_halted). An operator resets the stored offset (README
+  // "Stored offset ahead of the broker") and restarts the consumer.
+  kHalt,
+  // Rewind the stored offset to 0 (the broker's earliest) and consume the partition again; the
+  // inbox skips what was applied before, within the dedupe window.
+  kResetToEarliest,
+};
+
 struct ConsumerOptions {
   // The consumer group: the dedupe scope (inbox key is (group, message id)) and the owner of
   // the stored offsets. Required.
@@ -113,6 +127,8 @@ struct ConsumerOptions {
   // rolled back, retried with backoff (capped at half the bound), dead-lettered after
   // max_attempts with "handler exceeded <N> ms".
   std::chrono::milliseconds handler_timeout{0};
+  // See OffsetAheadPolicy.
+  OffsetAheadPolicy on_offset_ahead = OffsetAheadPolicy::kHalt;
   // See SequencePolicy.
   SequencePolicy sequence_policy = SequencePolicy::kSkipStale;
   // See UnknownTypePolicy.
@@ -150,6 +166,8 @@ struct ConsumerStats {
   uint64_t transaction_failures = 0;  // batch transactions rolled back (re-run)
   uint64_t fenced = 0;                // partitions found taken by another member
   uint64_t pruned = 0;                // inbox rows deleted
+  uint64_t offsets_ahead = 0;         // stored offset found ahead of the broker's log
+  uint64_t partitions_halted = 0;     // owned partitions not consumed (OffsetAheadPolicy::kHalt)
   uint64_t last_batch_size = 0;
   uint64_t max_batch_size = 0;
   double handler_seconds_total = 0;  // summed handler latency
