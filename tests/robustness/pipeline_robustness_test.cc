@@ -660,8 +660,9 @@ TEST_F(Pipeline, KafkaPartition) {
 // The private cluster runs autovacuum_naptime = 1s (default 60 s, which only delays the first
 // vacuum); the outbox's own autovacuum settings come from the migration.
 TEST_F(Pipeline, LongTransaction) {
-  SetUpPipeline("long_transaction", Database::kPrivate,
-                ReadScale("long_transaction", 9000, 1, 300));
+  Scale scale = ReadScale("long_transaction", 9000, 1, 300);
+  scale.faults = 1;  // one held transaction, also in the soak tier (CONVERGE_ROBUST_FAULTS=50)
+  SetUpPipeline("long_transaction", Database::kPrivate, scale);
   ASSERT_FALSE(HasFatalFailure());
   {
     pqxx::connection admin(private_pg_->url());
@@ -802,9 +803,11 @@ TEST_F(Pipeline, MqttBrokerKillNine) {
                     "--mqtt-url",       mosquitto.url(),
                     "--mqtt-client-id", "robust-mqtt-consumer"};
   read_broker_ = false;
-  drain_budget_ = milliseconds(20000);
   SetUpPipeline("mqtt_kill9", Database::kShared, ReadScale("mqtt_kill9", 3000, 4, 120));
   ASSERT_FALSE(HasFatalFailure());
+  // A kill -9 loss never settles, so the drain then always takes its whole budget: 20 s, or
+  // 5 ms per message for soak sizes.
+  drain_budget_ = milliseconds(std::max<int64_t>(20000, int64_t{scale_.messages} * 5));
   // Healthy messages committed before `cut` without an effect, and how many of them are no
   // longer in the outbox (published and PUBACKed, so only the broker can have lost them).
   auto behind = [&](const std::string& cut, int64_t* gone) {
