@@ -131,6 +131,13 @@ relay_pid=$!
 reconciler_pid=$!
 "$bin/converge-shop" services --metrics-port 9466 --devices 5 >>"$shop_log" 2>&1 &
 shop_pid=$!
+for _ in $(seq 100); do
+  grep -q 'shop services running' "$shop_log" && break
+  kill -0 "$shop_pid" 2>/dev/null || die "converge-shop services exited; see $shop_log"
+  sleep 0.2
+done
+grep -q 'shop services running' "$shop_log" || die "converge-shop services did not start; see $shop_log"
+sleep 4  # the consumers join their Kafka groups and claim their partitions
 seed=$(date +%s)
 in_flight() { psql_ -c "SELECT count(*) FROM converge.flows WHERE flow_type = 'shop.order' AND state IN ('running', 'compensating')"; }
 shop_backlog() { psql_ -c "SELECT count(*) FROM converge.outbox WHERE topic LIKE 'shop.%' OR topic LIKE 'devices/%'"; }

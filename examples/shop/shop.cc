@@ -534,14 +534,14 @@ std::string FormatReport(const Report& r) {
     << r.device_commands_applied << " acked applied, " << r.delivered << " delivered\n"
     << "duplicates absorbed      " << r.duplicates_skipped
     << "  (redelivered messages the consumers' inboxes skipped)\n"
-    << "order latency (placed -> completed, end to end through Kafka, MQTT and the device)\n";
+    << "order latency            placed -> completed, end to end (Kafka, MQTT, device ack)\n";
   if (r.has_window) {
-    o << "  steady state           " << FormatLatency(r.steady)
-      << "\n    orders placed outside the relay kill window\n"
-      << "  relay kill window      " << FormatLatency(r.disrupted) << "\n    orders placed in the "
-      << std::fixed << std::setprecision(1) << r.window_seconds
-      << " s from the kill -9 until the restarted relay had taken over its slots\n"
-         "    (lease expiry) and drained the backlog; they wait for the recovery\n";
+    o << "  steady state           " << FormatLatency(r.steady) << "\n"
+      << "                         (orders placed outside the relay kill window)\n"
+      << "  relay kill window      " << FormatLatency(r.disrupted) << "\n"
+      << "                         (orders placed in the " << std::fixed << std::setprecision(1)
+      << r.window_seconds << " s from the kill -9 until the\n"
+      << "                         restarted relay took over the slots and drained the backlog)\n";
   } else {
     o << "  all orders             " << FormatLatency(r.latency) << "\n";
   }

@@ -90,11 +90,13 @@ TEST(ShopTest, OrdersEndCompletedXorCompensatedAcrossARelayKill) {
   std::this_thread::sleep_for(300ms);
   ASSERT_TRUE(relay.Running()) << "converge-relay exited; see " << log;
   ASSERT_TRUE(reconciler.Running()) << "converge-reconciler exited; see " << log;
+  ASSERT_TRUE(shop::MarkNow(db.url(), "disruption_start").ok());
   ASSERT_TRUE(relay.Signal(SIGKILL));  // mid-stream: rows published but not deleted come again
   relay.Wait(5s);
   std::this_thread::sleep_for(300ms);
   ASSERT_TRUE(relay.Start(bin + "/converge-relay", kRelayFlags, env, log));
   placer.join();
+  ASSERT_TRUE(shop::MarkNow(db.url(), "disruption_end").ok());
 
   // Publish some stock commands a second time, with their original ids.
   auto records = converge::broker::ReadAll(brokers, shop::kStockTopic, 10s);
@@ -138,6 +140,13 @@ TEST(ShopTest, OrdersEndCompletedXorCompensatedAcrossARelayKill) {
   EXPECT_EQ(report.completed + report.compensated, 30) << "an order did not finish";
   EXPECT_GT(report.completed, 0);
   EXPECT_GT(report.compensated, 0);
+  // The latency is split at the marks around the kill: every completed order is in exactly one
+  // of the two groups, and the report labels both.
+  EXPECT_TRUE(report.has_window);
+  EXPECT_GT(report.window_seconds, 0.3);
+  EXPECT_EQ(report.latency.orders, report.completed);
+  EXPECT_EQ(report.steady.orders + report.disrupted.orders, report.completed);
+  EXPECT_NE(shop::FormatReport(report).find("relay kill window"), std::string::npos);
   EXPECT_GT(report.stock_outs + report.declined, 0);
   EXPECT_EQ(report.needs_attention, 0);
   EXPECT_EQ(report.stock_initial - report.stock_reserved_for_completed, report.stock_now);
