@@ -1,6 +1,11 @@
 #include "converge/schemas/pg.h"
 
+#include <libpq-fe.h>
 #include <pqxx/except>
+
+#include <cstdlib>
+#include <set>
+#include <utility>
 
 namespace converge::pg {
 namespace {
@@ -15,17 +20,17 @@ std::string Trim(std::string s) {
 StatusCode CodeForSqlState(std::string_view state) {
   if (state.size() != 5) return StatusCode::kInternal;
   const std::string_view cls = state.substr(0, 2);
-  if (cls == "08") return StatusCode::kUnavailable;                    // connection exception
-  if (state == "57P01" || state == "57P02" || state == "57P03")        // admin/crash shutdown,
-    return StatusCode::kUnavailable;                                   // cannot connect now
+  if (cls == "08") return StatusCode::kUnavailable;              // connection exception
+  if (state == "57P01" || state == "57P02" || state == "57P03")  // admin/crash shutdown,
+    return StatusCode::kUnavailable;                             // cannot connect now
   if (state == "53300" || state == "53400") return StatusCode::kUnavailable;  // too many conns
-  if (cls == "40") return StatusCode::kAborted;                        // 40001, 40P01, ...
-  if (state == "55P03") return StatusCode::kAborted;                   // lock_not_available
-  if (state == "57014") return StatusCode::kAborted;                   // query_canceled/timeout
+  if (cls == "40") return StatusCode::kAborted;                               // 40001, 40P01, ...
+  if (state == "55P03") return StatusCode::kAborted;                          // lock_not_available
+  if (state == "57014") return StatusCode::kAborted;      // query_canceled/timeout
   if (state == "25P03") return StatusCode::kUnavailable;  // idle_in_transaction_session_timeout
   if (state == "23505") return StatusCode::kAlreadyExists;
   if (cls == "22") return StatusCode::kInvalidArgument;
-  if (cls == "23") return StatusCode::kInvalidArgument;                // other constraint
+  if (cls == "23") return StatusCode::kInvalidArgument;  // other constraint
   if (state == "42P01" || state == "3F000" || state == "42883" || state == "42501")
     return StatusCode::kFailedPrecondition;
   return StatusCode::kInternal;
@@ -63,9 +68,51 @@ Status StatusFromException(const std::exception& e) {
   return Status::Internal(Trim(e.what()));
 }
 
+Result<std::string> WithConnectionDefaults(const std::string& url) {
+  char* error = nullptr;
+  PQconninfoOption* options = PQconninfoParse(url.c_str(), &error);
+  if (options == nullptr) {
+    std::string why = error != nullptr ? Trim(error) : std::string("out of memory");
+    PQfreemem(error);
+    return Status::InvalidArgument("invalid PostgreSQL connection string: " + why);
+  }
+  // Quoted for a key=value string: '...' with \ and \' escaped.
+  const auto append = [](std::string& out, const char* key, std::string_view value) {
+    if (!out.empty()) out += ' ';
+    out += key;
+    out += "='";
+    for (char c : value) {
+      if (c == '\\' || c == '\'') out += '\\';
+      out += c;
+    }
+    out += '\'';
+  };
+  std::string out;
+  std::set<std::string, std::less<>> set;
+  for (const PQconninfoOption* o = options; o->keyword != nullptr; ++o) {
+    if (o->val == nullptr) continue;
+    append(out, o->keyword, o->val);
+    set.insert(o->keyword);
+  }
+  PQconninfoFree(options);
+  static constexpr std::pair<const char*, const char*> kDefaults[] = {
+      {"connect_timeout", "10"},    {"keepalives", "1"},       {"keepalives_idle", "10"},
+      {"keepalives_interval", "5"}, {"keepalives_count", "3"}, {"tcp_user_timeout", "30000"}};
+  for (const auto& [key, value] : kDefaults) {
+    if (set.contains(key)) continue;
+    if (std::string_view(key) == "connect_timeout" && std::getenv("PGCONNECT_TIMEOUT") != nullptr)
+      continue;
+    append(out, key, value);
+  }
+  return out;
+}
+
 Result<std::unique_ptr<pqxx::connection>> Connect(const std::string& url) {
+  auto conninfo = WithConnectionDefaults(url);
+  if (!conninfo.ok())
+    return Status::Unavailable("cannot connect to PostgreSQL: " + conninfo.status().message());
   try {
-    auto conn = std::make_unique<pqxx::connection>(url);
+    auto conn = std::make_unique<pqxx::connection>(*conninfo);
     return conn;
   } catch (const std::exception& e) {
     // libpq's messages name host and port but never the password; the URL is not repeated.

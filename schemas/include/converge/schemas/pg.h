@@ -32,8 +32,23 @@ Status StatusFromException(const std::exception& e);
 // The same mapping from a bare SQLSTATE (exposed for tests).
 StatusCode CodeForSqlState(std::string_view sqlstate);
 
-// Opens a connection. Errors are kUnavailable with the password redacted from any URL text.
+// Opens a connection to `url` (a postgresql:// URI or a key=value string) with the defaults of
+// WithConnectionDefaults. Errors are kUnavailable and never repeat the URL.
 Result<std::unique_ptr<pqxx::connection>> Connect(const std::string& url);
+
+// `url` as a key=value connection string with the timeouts that keep a network partition from
+// blocking a call for minutes or hours, each added only when neither the URL nor (for
+// connect_timeout) the PGCONNECT_TIMEOUT environment variable sets it:
+//   connect_timeout=10          a connect to a blackholed address gives up after 10 s (libpq's
+//                               default waits for the kernel: about 2 minutes)
+//   keepalives=1 keepalives_idle=10 keepalives_interval=5 keepalives_count=3
+//                               a connection waiting for a reply notices a dead peer in ~25 s
+//                               (the kernel default starts probing after 2 hours)
+//   tcp_user_timeout=30000      unacknowledged data gives up after 30 s (default: ~15 minutes)
+// None of these fires on a healthy connection, however long a query runs. Unix sockets ignore
+// the TCP ones. Errors: kInvalidArgument naming libpq's complaint (not the URL, which may hold a
+// password).
+Result<std::string> WithConnectionDefaults(const std::string& url);
 
 // Formats values as a PostgreSQL array literal for a parameter cast to ::text[] / ::bigint[]
 // (libpqxx 6.4 cannot bind arrays). Elements are quoted and escaped.
