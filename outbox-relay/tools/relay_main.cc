@@ -75,10 +75,11 @@ struct Keys {
             s.String("relay.instance_id", "",
                      "Name of this relay in converge.relay_instances (default host:pid:id)")),
         batch_size(s.Int("relay.batch_size", 1000, "Rows claimed per batch").Range(1, 100000)),
-        kafka_producers(s.Int("relay.kafka_producers", 2,
+        kafka_producers(s.Int("relay.kafka_producers", 1,
                               "Kafka producers, i.e. batches at the broker at once (their keys "
-                              "are disjoint); the next batch goes out while the last one waits "
-                              "for its acks")
+                              "are disjoint); 2 lets the next batch go out while the last one "
+                              "waits for its acks (lower latency at moderate rates for a single "
+                              "relay; with several relays it lowered throughput)")
                             .Range(1, 8)),
         poll_interval(s.Duration("relay.poll_interval", milliseconds(500),
                                  "Poll period when no NOTIFY arrives")),
