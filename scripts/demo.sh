@@ -127,7 +127,8 @@ SQL
 sim_pid=$!
 "$bin/converge-relay" "${relay_flags[@]}" >>"$relay_log" 2>&1 &
 relay_pid=$!
-"$bin/converge-reconciler" --metrics.port=9465 --reconciler.poll_interval=500ms >"$shop_log" 2>&1 &
+"$bin/converge-reconciler" --metrics.port=9465 --reconciler.poll_interval=500ms \
+  --devices.command_resend_interval=5s >"$shop_log" 2>&1 &
 reconciler_pid=$!
 "$bin/converge-shop" services --metrics-port 9466 --devices 5 >>"$shop_log" 2>&1 &
 shop_pid=$!

@@ -196,22 +196,11 @@ int Services(Args& a, const std::string& db, const std::string& brokers) {
       std::cerr << "converge-shop: saving stats: " << e.what() << "\n";
     }
   };
-  converge::pubsub::DeviceSweep sweep({.command_resend_interval = std::chrono::seconds(5)});
-  std::unique_ptr<pqxx::connection> sweep_conn;
+  // Device commands that go unacked are re-sent and expired by converge-reconciler's device
+  // sweep (scripts/demo.sh and compose run it with --devices.command_resend_interval=5s).
   while (!g_stop) {
     std::this_thread::sleep_for(std::chrono::seconds(1));
     save_stats();
-    if (devices > 0) {
-      // Re-sends unacked device commands, expires old ones (normally converge-reconciler's job
-      // in a deployment that runs devices; here the shop runs it to stay self-contained).
-      try {
-        if (!sweep_conn) sweep_conn = std::make_unique<pqxx::connection>(db);
-        auto r = sweep.RunOnce(*sweep_conn);
-        if (!r.ok()) sweep_conn.reset();
-      } catch (const std::exception&) {
-        sweep_conn.reset();
-      }
-    }
   }
   for (auto& [name, c] : consumers) c->Stop();
   save_stats();
