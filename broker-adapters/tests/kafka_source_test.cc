@@ -119,6 +119,7 @@ void RunSubscribePollSeek(const std::string& strategy) {
   source->Ack(records);
 
   // Rewind one partition to its first record: exactly that partition's records come again.
+  ASSERT_FALSE(records.empty());
   const ReceivedRecord& first = records.front();
   size_t in_partition = 0;
   for (const ReceivedRecord& r : records) in_partition += r.partition == first.partition;
