@@ -130,7 +130,9 @@ relay_pid=$!
 "$bin/converge-reconciler" --metrics.port=9465 --reconciler.poll_interval=500ms \
   --devices.command_resend_interval=5s >"$shop_log" 2>&1 &
 reconciler_pid=$!
-"$bin/converge-shop" services --metrics-port 9466 --devices 5 >>"$shop_log" 2>&1 &
+# --fetch-wait-ms 10: converge-devkafka (librdkafka's mock) answers a fetch only when
+# fetch.wait.max.ms runs out; a real Kafka broker answers at once and needs no such setting.
+"$bin/converge-shop" services --metrics-port 9466 --devices 5 --fetch-wait-ms 10 >>"$shop_log" 2>&1 &
 shop_pid=$!
 for _ in $(seq 100); do
   grep -q 'shop services running' "$shop_log" && break

@@ -3,7 +3,7 @@
 //   converge-shop setup     [--skus N] [--stock N] [--shipping 1]   schema, stock, flow type
 //   converge-shop place     [--orders N] [--rate R] [--decline-percent P] [--seed S]
 //   converge-shop services  [--metrics-port P] [--metrics-host H] [--devices N]
-//                                                             inventory, payments, orchestrator
+//                           [--fetch-wait-ms MS]              inventory, payments, orchestrator
 //                                                             (+ shipping over MQTT to N devices)
 //   converge-shop duplicate [--count N]                       re-publish N stock commands to Kafka
 //   converge-shop report    [--wait SECONDS]                  the end state, checked
@@ -97,9 +97,14 @@ std::string Env(const char* name) {
 std::unique_ptr<converge::consumer::Consumer> MakeConsumer(const std::string& db,
                                                            const std::string& brokers,
                                                            const std::string& group,
-                                                           const std::string& topic) {
-  auto source = converge::broker::MakeKafkaSource(
-      {.bootstrap_servers = brokers, .group_id = group, .client_id = "shop-" + group});
+                                                           const std::string& topic,
+                                                           long fetch_wait_ms) {
+  converge::broker::KafkaSourceOptions so{
+      .bootstrap_servers = brokers, .group_id = group, .client_id = "shop-" + group};
+  // librdkafka's mock cluster (converge-devkafka) answers a Fetch only when fetch.wait.max.ms
+  // runs out, even when records are there; a real broker answers at once. The demo passes 10.
+  if (fetch_wait_ms > 0) so.properties["fetch.wait.max.ms"] = std::to_string(fetch_wait_ms);
+  auto source = converge::broker::MakeKafkaSource(so);
   if (!source.ok()) {
     std::cerr << "converge-shop: kafka source for " << group << ": " << source.status() << "\n";
     return nullptr;
@@ -114,7 +119,10 @@ std::unique_ptr<converge::consumer::Consumer> MakeConsumer(const std::string& db
 int Services(Args& a, const std::string& db, const std::string& brokers) {
   const long port = a.Int("metrics-port", 9466);
   const long devices = a.Int("devices", 0);
+  const long fetch_wait_ms = a.Int("fetch-wait-ms", 0);
   if (!a.error.empty()) return std::cerr << "converge-shop services: " << a.error << "\n", 2;
+  if (fetch_wait_ms < 0 || fetch_wait_ms > 300000)
+    return std::cerr << "converge-shop services: --fetch-wait-ms must be in [0, 300000]\n", 2;
   struct Svc {
     const char* name;
     const char* topic;
@@ -126,7 +134,7 @@ int Services(Args& a, const std::string& db, const std::string& brokers) {
   converge::metrics::Registry registry;
   std::vector<std::pair<std::string, std::unique_ptr<converge::consumer::Consumer>>> consumers;
   for (const Svc& s : svcs) {
-    auto c = MakeConsumer(db, brokers, std::string("shop-") + s.name, s.topic);
+    auto c = MakeConsumer(db, brokers, std::string("shop-") + s.name, s.topic, fetch_wait_ms);
     if (!c) return 1;
     s.reg(*c);
     if (Status st = c->RegisterMetrics(registry); !st.ok())
@@ -134,7 +142,7 @@ int Services(Args& a, const std::string& db, const std::string& brokers) {
     consumers.emplace_back(s.name, std::move(c));
   }
   if (devices > 0) {
-    auto c = MakeConsumer(db, brokers, "shop-shipping", shop::kShippingTopic);
+    auto c = MakeConsumer(db, brokers, "shop-shipping", shop::kShippingTopic, fetch_wait_ms);
     if (!c) return 1;
     shop::RegisterShipping(*c, "truck-", static_cast<int>(devices));
     if (Status st = c->RegisterMetrics(registry); !st.ok())
@@ -263,7 +271,9 @@ void Usage(std::ostream& os) {
   os << "usage: converge-shop <setup|place|services|duplicate|report|mark> [options]\n"
         "  setup     [--skus N] [--stock N] [--shipping 1]\n"
         "  place     [--orders N] [--rate R] [--decline-percent P] [--seed S] [--skus N]\n"
-        "  services  [--metrics-port P] [--metrics-host H] [--devices N]\n"
+        "  services  [--metrics-port P] [--metrics-host H] [--devices N] [--fetch-wait-ms MS]\n"
+        "            (MS: the Kafka consumers' fetch.wait.max.ms; 0 = librdkafka's 500. The\n"
+        "             mock broker answers a fetch only when it runs out: the demo uses 10)\n"
         "  duplicate [--count N]\n"
         "  report    [--wait SECONDS]\n"
         "  mark      NAME    (disruption_start, disruption_end: the report shows the latency of\n"
@@ -318,7 +328,7 @@ int main(int argc, char** argv) {
   if (brokers.empty() && (cmd == "services" || cmd == "duplicate"))
     return std::cerr << "converge-shop: set CONVERGE_KAFKA_BROKERS\n", 2;
   if (cmd == "services") {
-    Args a = Parse(args, {"metrics-port", "metrics-host", "devices"});
+    Args a = Parse(args, {"metrics-port", "metrics-host", "devices", "fetch-wait-ms"});
     if (!a.error.empty()) return std::cerr << "converge-shop services: " << a.error << "\n", 2;
     return Services(a, db, brokers);
   }
