@@ -67,20 +67,25 @@ Reconciler::~Reconciler() = default;
 
 void Reconciler::Stop() { impl_->stop.store(true); }
 
+// (Re)opens the one connection the sweeps and the snapshot share; readiness follows it.
+Status Reconciler::EnsureConnected() {
+  if (impl_->conn && impl_->conn->is_open()) return Status::Ok();
+  auto c = pg::Connect(options_.database_url);
+  if (!c.ok()) {
+    stats_.ready.store(0);
+    return c.status();
+  }
+  impl_->conn = std::move(c).value();
+  stats_.ready.store(1);
+  return Status::Ok();
+}
+
 // The device sweep under a session advisory lock: taken before RunOnce's transaction and
 // released after its commit, so a second reconciler's sweep starts only after the first one's
 // changes are visible (its re-sends moved last_sent_at, its expiries are final). The lock is
 // released with the session when the process dies.
 Result<DeviceSweepOutcome> Reconciler::SweepDevicesOnce() {
-  if (!impl_->conn || !impl_->conn->is_open()) {
-    auto c = pg::Connect(options_.database_url);
-    if (!c.ok()) {
-      stats_.ready.store(0);
-      return c.status();
-    }
-    impl_->conn = std::move(c).value();
-    stats_.ready.store(1);
-  }
+  CONVERGE_RETURN_IF_ERROR(EnsureConnected());
   pqxx::connection& conn = *impl_->conn;
   DeviceSweepOutcome out;
   auto fail = [&](const Status& st) -> Status {
@@ -128,15 +133,7 @@ Result<DeviceSweepOutcome> Reconciler::SweepDevicesOnce() {
 }
 
 Result<ScanResult> Reconciler::ScanOnce() {
-  if (!impl_->conn || !impl_->conn->is_open()) {
-    auto c = pg::Connect(options_.database_url);
-    if (!c.ok()) {
-      stats_.ready.store(0);
-      return c.status();
-    }
-    impl_->conn = std::move(c).value();
-    stats_.ready.store(1);
-  }
+  CONVERGE_RETURN_IF_ERROR(EnsureConnected());
   ScanResult total;
   for (;;) {
     ScanResult pass;
@@ -193,11 +190,7 @@ Result<ScanResult> Reconciler::ScanOnce() {
 }
 
 Result<StuckSnapshot> Reconciler::RefreshSnapshot() {
-  if (!impl_->conn || !impl_->conn->is_open()) {
-    auto c = pg::Connect(options_.database_url);
-    if (!c.ok()) return c.status();
-    impl_->conn = std::move(c).value();
-  }
+  CONVERGE_RETURN_IF_ERROR(EnsureConnected());
   StuckSnapshot s;
   Status st = pg::RunInTransaction(*impl_->conn, [&](pqxx::work& tx) -> Status {
     s = StuckSnapshot{};

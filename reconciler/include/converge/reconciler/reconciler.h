@@ -161,6 +161,7 @@ class Reconciler {
 
  private:
   struct Impl;
+  Status EnsureConnected();
   ReconcilerOptions options_;
   ReconcilerStats stats_;
   pubsub::DeviceSweep device_sweep_;
