@@ -1,11 +1,8 @@
 // converge-relay as a process: configuration errors, --check-config without secrets, the
 // /metrics, /healthz and /readyz endpoints, publishing with only the services' variables set,
 // and SIGTERM draining and giving the slot leases back.
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -16,6 +13,7 @@
 #include "converge/testing/env.h"
 #include "converge/testing/mosquitto.h"
 #include "converge/testing/mqtt_client.h"
+#include "converge/testing/pg_cluster.h"
 #include "converge/testing/pg_fixture.h"
 #include "converge/testing/process.h"
 
@@ -25,39 +23,6 @@ namespace {
 using std::chrono::milliseconds;
 using testing::ChildProcess;
 using testing::TestDatabase;
-
-uint16_t FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-// A minimal HTTP/1.0 GET; returns "" when nothing listens.
-std::string Get(uint16_t port, const std::string& path) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    ::close(fd);
-    return "";
-  }
-  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
-  [[maybe_unused]] auto w = ::write(fd, req.data(), req.size());
-  std::string out;
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
-  ::close(fd);
-  return out;
-}
 
 std::string Slurp(const std::string& path) {
   std::ifstream f(path);
@@ -103,7 +68,7 @@ TEST(RelayProcessTest, PublishesServesMetricsAndDrainsOnSigterm) {
   db.Scalar(
       "SELECT count(converge.enqueue('relay-process-test', 'k' || (g % 7), 't', "
       "to_jsonb(g))) FROM generate_series(1, 50) g");
-  const uint16_t port = FreePort();
+  const uint16_t port = testing::FreeLoopbackPort();
   ChildProcess p;
   ASSERT_TRUE(p.Start(Relay(), {"--metrics.port=" + std::to_string(port)},
                       {{"CONVERGE_PG_URL", db.url()}, {"CONVERGE_KAFKA_BROKERS", brokers}},
@@ -112,22 +77,22 @@ TEST(RelayProcessTest, PublishesServesMetricsAndDrainsOnSigterm) {
     std::this_thread::sleep_for(milliseconds(100));
   EXPECT_EQ(db.Count("SELECT count(*) FROM converge.outbox"), 0);
 
-  const std::string metrics = Get(port, "/metrics");
+  const std::string metrics = testing::HttpGet(port, "/metrics");
   EXPECT_NE(metrics.find("converge_relay_published_total 50"), std::string::npos) << metrics;
   EXPECT_NE(metrics.find("converge_relay_owned_slots 256"), std::string::npos) << metrics;
   EXPECT_NE(metrics.find("converge_relay_commit_to_confirm_seconds_count 50"), std::string::npos)
       << metrics;
   EXPECT_NE(metrics.find("converge_relay_circuit_open{target=\"kafka\"} 0"), std::string::npos)
       << metrics;
-  EXPECT_NE(Get(port, "/healthz").find(" 200"), std::string::npos);
-  EXPECT_NE(Get(port, "/readyz").find(" 200"), std::string::npos);
+  EXPECT_NE(testing::HttpGet(port, "/healthz").find(" 200"), std::string::npos);
+  EXPECT_NE(testing::HttpGet(port, "/readyz").find(" 200"), std::string::npos);
 
   ASSERT_TRUE(p.Signal(SIGTERM));
   EXPECT_EQ(p.Wait(milliseconds(20000)), 0);
   EXPECT_EQ(db.Count("SELECT count(*) FROM converge.relay_slots WHERE owner IS NOT NULL"), 0)
       << "SIGTERM gives the slots back";
   EXPECT_EQ(db.Count("SELECT count(*) FROM converge.relay_instances"), 0);
-  EXPECT_EQ(Get(port, "/metrics"), "") << "the endpoint stops with the process";
+  EXPECT_EQ(testing::HttpGet(port, "/metrics"), "") << "the endpoint stops with the process";
 }
 
 TEST(RelayProcessTest, MqttKeysAreCheckedAndThePasswordIsMasked) {

@@ -2,11 +2,8 @@
 // for the stuck things, SIGTERM; two reconcilers at once with kill -9 (each compensation emitted
 // exactly once); a host clock jump under libfaketime (no healthy flow is touched); the device
 // sweep (re-send, expiry, twins) run by one reconciler and by three at once.
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -21,6 +18,7 @@
 #include "converge/reconciler/flow.h"
 #include "converge/reconciler/reconciler.h"
 #include "converge/testing/env.h"
+#include "converge/testing/pg_cluster.h"
 #include "converge/testing/pg_fixture.h"
 #include "converge/testing/process.h"
 
@@ -31,39 +29,6 @@ using namespace std::chrono_literals;
 using std::chrono::milliseconds;
 using testing::ChildProcess;
 using testing::TestDatabase;
-
-uint16_t FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-// A minimal HTTP/1.0 GET; returns "" when nothing listens.
-std::string Get(uint16_t port, const std::string& path) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    ::close(fd);
-    return "";
-  }
-  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
-  [[maybe_unused]] auto w = ::write(fd, req.data(), req.size());
-  std::string out;
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
-  ::close(fd);
-  return out;
-}
 
 std::string Slurp(const std::string& path) {
   std::ifstream f(path);
@@ -157,14 +122,14 @@ TEST_F(ReconcilerProcessTest, ServesStuckThingsAsMetricsAndStopsOnSigterm) {
     ASSERT_TRUE(flows::Start(tx, "order", "o-1").ok());
     tx.commit();
   }
-  const uint16_t port = FreePort();
+  const uint16_t port = testing::FreeLoopbackPort();
   auto args = Args("m");
   args[3] = "--metrics.port=" + std::to_string(port);
   ChildProcess p;
   ASSERT_TRUE(p.Start(Reconciler(), args, Env(), ::testing::TempDir() + "reconciler-metrics.log"));
   std::string metrics;
   for (int i = 0; i < 100; ++i) {
-    metrics = Get(port, "/metrics");
+    metrics = testing::HttpGet(port, "/metrics");
     if (metrics.find("converge_reconciler_open_dead_letters 2") != std::string::npos) break;
     std::this_thread::sleep_for(100ms);
   }
@@ -180,11 +145,11 @@ TEST_F(ReconcilerProcessTest, ServesStuckThingsAsMetricsAndStopsOnSigterm) {
       << metrics;
   EXPECT_NE(metrics.find("\nconverge_reconciler_unconverged_device_twins 0\n"), std::string::npos)
       << metrics;
-  EXPECT_NE(Get(port, "/readyz").find(" 200"), std::string::npos);
-  EXPECT_NE(Get(port, "/healthz").find(" 200"), std::string::npos);
+  EXPECT_NE(testing::HttpGet(port, "/readyz").find(" 200"), std::string::npos);
+  EXPECT_NE(testing::HttpGet(port, "/healthz").find(" 200"), std::string::npos);
   ASSERT_TRUE(p.Signal(SIGTERM));
   EXPECT_EQ(p.Wait(10000ms), 0);
-  EXPECT_EQ(Get(port, "/metrics"), "");
+  EXPECT_EQ(testing::HttpGet(port, "/metrics"), "");
 }
 
 // 200 flows whose "pay" step never replies, two reconcilers, one killed with SIGKILL twice while
@@ -370,7 +335,7 @@ TEST_F(ReconcilerProcessTest, SweepsDevicesResendingAndExpiringCommands) {
       "last_sent_at, expires_at) VALUES (gen_random_uuid(), 'dev-1', 'stop', 'sent', now() - "
       "interval '1 hour', now() - interval '1 hour', now() - interval '1 second') RETURNING "
       "id::text");
-  const uint16_t port = FreePort();
+  const uint16_t port = testing::FreeLoopbackPort();
   auto args = Args("d");
   args[3] = "--metrics.port=" + std::to_string(port);
   args.push_back("--devices.sweep_interval=50ms");
@@ -404,7 +369,7 @@ TEST_F(ReconcilerProcessTest, SweepsDevicesResendingAndExpiringCommands) {
   EXPECT_EQ(Count("SELECT attempts FROM converge.device_commands WHERE id = '" + resend_id + "'"),
             2);
   EXPECT_EQ(Count("SELECT desired_resends FROM converge.device_twins"), 1);
-  const std::string metrics = Get(port, "/metrics");
+  const std::string metrics = testing::HttpGet(port, "/metrics");
   EXPECT_EQ(Metric(metrics, "converge_device_sweep_total{action=\"expired\"}"), 1) << metrics;
   EXPECT_EQ(Metric(metrics, "converge_device_sweep_total{action=\"resent_command\"}"), 1);
   EXPECT_EQ(Metric(metrics, "converge_device_sweep_total{action=\"resent_twin\"}"), 1);
@@ -484,7 +449,7 @@ TEST_F(ReconcilerProcessTest, ThreeReconcilersSweepDevicesAndFlowsWithoutDoubleW
   const std::string log = ::testing::TempDir() + "reconciler-dev3.log";
   std::remove(log.c_str());
   for (const char* name : {"x", "y", "z"}) {
-    ports.push_back(FreePort());
+    ports.push_back(testing::FreeLoopbackPort());
     auto args = Args(name);
     args[3] = "--metrics.port=" + std::to_string(ports.back());
     args.push_back("--devices.sweep_interval=20ms");
@@ -501,7 +466,7 @@ TEST_F(ReconcilerProcessTest, ThreeReconcilersSweepDevicesAndFlowsWithoutDoubleW
       .exec_params("SELECT pg_advisory_lock($1)", reconciler::kDeviceSweepLockKey);
   double expired = 0, resent = 0, ran = 0, skipped = 0;
   for (uint16_t port : ports) {
-    const std::string m = Get(port, "/metrics");
+    const std::string m = testing::HttpGet(port, "/metrics");
     ASSERT_GE(Metric(m, "converge_device_sweep_total{action=\"expired\"}"), 0) << m;
     expired += Metric(m, "converge_device_sweep_total{action=\"expired\"}");
     resent += Metric(m, "converge_device_sweep_total{action=\"resent_command\"}");

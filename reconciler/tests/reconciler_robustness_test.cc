@@ -16,11 +16,8 @@
 // attempt) emitted once, compensation started at most once per flow and never for a healthy one,
 // compensations in reverse step order, no completed step without its history. Results files go
 // to the robustness results directory (tests/robustness/harness.h).
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -55,30 +52,9 @@ constexpr int kCompensationMaxAttempts = 2;
 
 std::string Reconciler() { return testing::BinDir() + "/converge-reconciler"; }
 
-// A minimal HTTP/1.0 GET on 127.0.0.1; "" when nothing listens.
-std::string HttpGet(int port, const std::string& path) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    ::close(fd);
-    return "";
-  }
-  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
-  [[maybe_unused]] auto w = ::write(fd, req.data(), req.size());
-  std::string out;
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
-  ::close(fd);
-  return out;
-}
-
 // Device sweeps run or skipped by a reconciler (its /metrics), -1 when unreadable.
 double DeviceSweepRounds(int port) {
-  const std::string m = HttpGet(port, "/metrics");
+  const std::string m = testing::HttpGet(port, "/metrics");
   double total = 0;
   for (const char* outcome : {"ran", "skipped"}) {
     const std::string needle =

@@ -1,5 +1,6 @@
 // Child processes for robustness tests: start an executable with arguments and environment,
-// signal it (SIGKILL, SIGSTOP, SIGCONT, SIGTERM), wait for it with a timeout.
+// signal it (SIGKILL, SIGSTOP, SIGCONT, SIGTERM), wait for it with a timeout; read its HTTP
+// endpoints.
 #pragma once
 
 #include <sys/types.h>
@@ -35,5 +36,9 @@ class ChildProcess {
   pid_t pid_ = -1;
   int last_exit_ = -1;
 };
+
+// A minimal HTTP/1.0 GET of `path` on 127.0.0.1:`port` (a process's /metrics, /healthz,
+// /readyz): the whole response, status line included; "" when nothing listens.
+std::string HttpGet(int port, const std::string& path);
 
 }  // namespace converge::testing
