@@ -201,7 +201,9 @@ std::string Describe(const ::mqtt::exception& e) {
 }
 
 std::unique_ptr<::mqtt::async_client> NewClient(const MqttOptions& o, const std::string& id) {
-  ::mqtt::create_options co(MQTTVERSION_5);
+  // Paho counts every publish not yet written to the socket against max_buffered_messages (also
+  // while connected): leave room for a whole in-flight window, or a large window is refused (-12).
+  ::mqtt::create_options co(MQTTVERSION_5, std::max(100, 2 * o.max_inflight));
   return std::make_unique<::mqtt::async_client>(o.url, id, co, nullptr);
 }
 

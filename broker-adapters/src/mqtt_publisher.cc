@@ -8,6 +8,17 @@
 //   token fails after sending (-11 after a reconnect, connection lost) or no answer in time
 //                                           kDeadlineExceeded: may have been delivered
 // callback::delivery_complete is never used (Paho also calls it for failures).
+//
+// A wedged Paho client is replaced. After a broker restart Paho C 1.3.12 can reconnect and
+// report itself connected while never writing the publishes queued to it again: every token
+// times out, and once max_buffered_messages of them pile up every publish() is refused with -12.
+// The relay would retry forever against it (seen in CI after a graceful mosquitto restart; the
+// MqttPublisher.PublishesAgainAfterEveryRestartUnderLoad test reproduces it). So when a batch
+// gets nothing through while Paho says it is connected (a -12 refusal, or no PUBACK at all
+// before the batch timeout), the client is destroyed and a new one with the same client id
+// connects with a clean start. Nothing is lost: the affected rows were reported as failures
+// (kUnavailable or kDeadlineExceeded) and the relay publishes them again; destroying the client
+// also keeps stale queued publishes from going out later behind the relay's back.
 #include <deque>
 #include <map>
 #include <mutex>
@@ -26,6 +37,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
+constexpr char kNoPuback[] = "no PUBACK before the batch timeout";
+
 std::string RandomSuffix() {
   std::random_device rd;
   std::mt19937_64 g(rd());
@@ -39,12 +52,7 @@ class MqttPublisher final : public Publisher {
   explicit MqttPublisher(MqttOptions o)
       : o_(std::move(o)),
         client_id_(o_.client_id.empty() ? "converge-relay-" + RandomSuffix() : o_.client_id),
-        cli_(mqtt_internal::NewClient(o_, client_id_)) {
-    cli_->set_connection_lost_handler([this](const std::string&) {
-      log_.LogEvery("mqtt.lost", std::chrono::seconds(10), Level::kWarn,
-                    "mqtt connection lost; reconnecting", {{"url", o_.url}});
-    });
-  }
+        cli_(NewClient()) {}
 
   ~MqttPublisher() override { Close(milliseconds(2000)); }
 
@@ -63,6 +71,7 @@ class MqttPublisher final : public Publisher {
     };
     std::deque<Pending> pending;
     std::set<std::pair<std::string_view, std::string_view>> held;  // keys not handed over
+    bool buffer_full = false;                                      // publish() refused with -12
     auto settle = [&](Pending& p) { out[p.index].status = Wait(p.token, deadline); };
 
     for (size_t i = 0; i < messages.size(); ++i) {
@@ -95,9 +104,11 @@ class MqttPublisher final : public Publisher {
         // Refused before sending (disconnected, too many in flight): nothing reached the broker.
         out[i].status = Status::Unavailable("mqtt publish refused: " + mqtt_internal::Describe(e));
         held.insert(key);
+        if (e.get_return_code() == MQTTASYNC_MAX_BUFFERED_MESSAGES) buffer_full = true;
       }
     }
     for (auto& p : pending) settle(p);
+    ReplaceIfWedged(out, buffer_full);
     return out;
   }
 
@@ -156,13 +167,47 @@ class MqttPublisher final : public Publisher {
     return ::mqtt::message_ptr(msg);
   }
 
+  std::unique_ptr<::mqtt::async_client> NewClient() {
+    auto cli = mqtt_internal::NewClient(o_, client_id_);
+    cli->set_connection_lost_handler([this](const std::string&) {
+      log_.LogEvery("mqtt.lost", std::chrono::seconds(10), Level::kWarn,
+                    "mqtt connection lost; reconnecting", {{"url", o_.url}});
+    });
+    return cli;
+  }
+
+  // See the file comment: a batch that got nothing through while Paho says it is connected, by
+  // a full publish buffer or by no PUBACK at all before the batch timeout, replaces the client.
+  void ReplaceIfWedged(const std::vector<DeliveryResult>& out, bool buffer_full) {
+    size_t ok = 0, timed_out = 0;
+    for (const auto& r : out) {
+      if (r.status.ok()) ++ok;
+      if (r.status.code() == StatusCode::kDeadlineExceeded &&
+          r.status.message().find(kNoPuback) != std::string::npos)
+        ++timed_out;
+    }
+    if (ok > 0 || (!buffer_full && timed_out == 0) || !cli_->is_connected()) return;
+    std::lock_guard<std::mutex> lock(close_mu_);
+    if (closed_) return;
+    log_.Log(Level::kWarn, "mqtt client connected but not delivering; replacing it",
+             {{"url", o_.url},
+              {"client_id", client_id_},
+              {"queued_in_paho", cli_->get_pending_delivery_tokens().size()},
+              {"refused_buffer_full", buffer_full},
+              {"timed_out", timed_out}});
+    cli_.reset();  // MQTTAsync_destroy: closes the socket, drops what was queued
+    cli_ = NewClient();
+    connect_tok_.reset();
+    ever_connected_ = false;
+  }
+
   // Waits for one token until `deadline` (in slices, so Close() can interrupt it).
   Status Wait(const ::mqtt::delivery_token_ptr& tok, Clock::time_point deadline) {
     try {
       while (true) {
         const auto now = Clock::now();
         if (now >= deadline || closing_.load())
-          return Status::DeadlineExceeded("mqtt: no PUBACK before the batch timeout");
+          return Status::DeadlineExceeded(std::string("mqtt: ") + kNoPuback);
         const auto slice = std::min<Clock::duration>(deadline - now, milliseconds(50));
         if (tok->wait_for(std::chrono::duration_cast<milliseconds>(slice) + milliseconds(1)))
           return Status::Ok();

@@ -3,7 +3,10 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <map>
+#include <mutex>
+#include <random>
 #include <thread>
 
 #include "converge/broker/mqtt.h"
@@ -470,6 +473,66 @@ TEST(MqttSource, ResubscribesAfterBrokerKillAndRestart) {
   EXPECT_EQ(DecodeMqttRecord(recs[0])->id, id);
   (*shared)->Ack(recs);
   (*shared)->Close();
+}
+
+// Repeated broker restarts and crashes while a relay-like loop publishes: after every restart the
+// publisher must deliver again (CI once saw it refuse every batch after a graceful restart while
+// Paho reported itself connected).
+TEST(MqttPublisher, PublishesAgainAfterEveryRestartUnderLoad) {
+  MosquittoBroker broker(AuthConfig());
+  ASSERT_TRUE(broker.Start()) << broker.error();
+  MqttOptions o = RelayOptionsFor(broker);
+  auto pub = MakeMqttPublisher(o);
+  ASSERT_TRUE(pub.ok());
+  ASSERT_TRUE((*pub)->CheckConnected(milliseconds(3000)).ok());
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> delivered{0};
+  std::mutex mu;
+  std::map<std::string, int> errors;  // status text → count
+  std::thread loop([&] {
+    int64_t seq = 0;
+    while (!stop.load()) {
+      std::vector<Message> batch;
+      for (int i = 0; i < 200; ++i)
+        batch.push_back(Make("orders/eu", "k" + std::to_string(i), ++seq));
+      auto res = Publish(**pub, batch, milliseconds(2000));
+      int ok = 0;
+      for (const auto& r : res) {
+        if (r.status.ok()) {
+          ++ok;
+        } else {
+          std::lock_guard<std::mutex> lock(mu);
+          ++errors[r.status.ToString().substr(0, 120)];
+        }
+      }
+      delivered.fetch_add(ok);
+      if (ok == 0) (void)(*pub)->CheckConnected(milliseconds(500));
+    }
+  });
+  std::mt19937 rng(42);
+  int stuck_round = -1;
+  for (int round = 0; round < 16; ++round) {
+    std::this_thread::sleep_for(milliseconds(200 + rng() % 800));
+    if (round % 2 == 0) {
+      broker.Stop();
+    } else {
+      broker.Kill();
+    }
+    std::this_thread::sleep_for(milliseconds(100 + rng() % 1000));
+    ASSERT_TRUE(broker.Start()) << broker.error();
+    const int64_t before = delivered.load();
+    const auto t0 = std::chrono::steady_clock::now();
+    while (delivered.load() < before + 1000 && std::chrono::steady_clock::now() - t0 < seconds(20))
+      std::this_thread::sleep_for(milliseconds(20));
+    if (delivered.load() < before + 1000) {
+      stuck_round = round;
+      break;
+    }
+  }
+  stop.store(true);
+  loop.join();
+  for (const auto& [e, n] : errors) std::printf("  %6d x %s\n", n, e.c_str());
+  EXPECT_EQ(stuck_round, -1) << "no progress within 20 s after restart " << stuck_round;
 }
 
 }  // namespace
