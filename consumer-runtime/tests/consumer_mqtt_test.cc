@@ -13,6 +13,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <thread>
 
 #include "converge/broker/mqtt.h"
@@ -30,8 +31,9 @@ using std::chrono::seconds;
 
 constexpr const char* kFilter = "dev/+/evt";
 
-std::unique_ptr<Consumer> MakeConsumer(const std::string& db_url, const std::string& mqtt_url,
-                                       const std::string& client_id) {
+std::unique_ptr<Consumer> MakeConsumer(
+    const std::string& db_url, const std::string& mqtt_url, const std::string& client_id,
+    const std::function<void(broker::MqttOptions&, ConsumerOptions&)>& tweak = {}) {
   broker::MqttOptions o;
   o.url = mqtt_url;
   o.client_id = client_id;
@@ -39,17 +41,22 @@ std::unique_ptr<Consumer> MakeConsumer(const std::string& db_url, const std::str
   o.password = "consumer-pw";
   o.reconnect_min = seconds(1);
   o.reconnect_max = seconds(1);
-  auto src = broker::MakeMqttSource(o);
-  if (!src.ok()) return nullptr;
   ConsumerOptions co;
   co.group = "devices";
   co.topics = {kFilter};
   co.database_url = db_url;
   co.poll_timeout = milliseconds(100);
+  if (tweak) tweak(o, co);
+  auto src = broker::MakeMqttSource(o);
+  if (!src.ok()) return nullptr;
   auto c = std::make_unique<Consumer>(co, std::move(src).value());
   c->SetDecoder(broker::DecodeMqttRecord);
   c->Handle("device.reading", [](const Message& m, Context& ctx) {
     ctx.tx().exec_params("INSERT INTO effects (message_id, topic) VALUES ($1, $2)", m.id, m.topic);
+    return Status::Ok();
+  });
+  c->Handle("device.slow", [](const Message&, Context& ctx) {
+    ctx.tx().exec("SELECT pg_sleep(30)");
     return Status::Ok();
   });
   return c;
@@ -66,13 +73,11 @@ int RunChild() {
 }
 
 bool PublishReading(const testing::MosquittoBroker& b, const std::string& device,
-                    const std::string& id) {
-  return b.Publish("device", "device-pw", "dev/" + device + "/evt", "{\"t\":21}",
-                   {{"specversion", "1.0"},
-                    {"id", id},
-                    {"source", "/devices/" + device},
-                    {"type", "device.reading"}},
-                   "application/json");
+                    const std::string& id, const std::string& type = "device.reading") {
+  return b.Publish(
+      "device", "device-pw", "dev/" + device + "/evt", "{\"t\":21}",
+      {{"specversion", "1.0"}, {"id", id}, {"source", "/devices/" + device}, {"type", type}},
+      "application/json");
 }
 
 template <class F>
@@ -238,6 +243,55 @@ TEST(ConsumerMqtt, BrokerKilledAndRestartedMidStreamEveryMessageAppliedOnce) {
       << db.Count("SELECT count(DISTINCT message_id) FROM effects") << " of 30 applied";
   c->Stop();
   EXPECT_EQ(db.Count("SELECT count(*) FROM effects"), 30) << "an effect applied twice";
+}
+
+// A handler slower than the keepalive would hold the PUBACK (and Paho's receive thread) until
+// mosquitto drops the client and redelivers: a poison loop (mqtt.md §0.1). The runtime bounds
+// the handler at MaxProcessingTime = keepalive / 2: the slow message is cut off, retried, dead-
+// lettered after max_attempts, and the message behind it is applied; the broker never drops the
+// consumer for a missed keepalive.
+TEST(ConsumerMqtt, HandlerSlowerThanTheKeepaliveIsCutOffAndDeadLetteredNotLooped) {
+  testing::TestDatabase db;
+  ASSERT_TRUE(db.ok());
+  db.Scalar("CREATE TABLE effects (message_id text NOT NULL, topic text NOT NULL)");
+  testing::MosquittoConfig cfg;
+  cfg.users = {{"consumer", "consumer-pw"}, {"device", "device-pw"}};
+  cfg.acl = "user consumer\ntopic read dev/#\nuser device\ntopic write dev/#\n";
+  testing::MosquittoBroker broker(cfg);
+  ASSERT_TRUE(broker.Start()) << broker.error();
+  const std::string client = "consumer-" + NewUuidV7().ToString().substr(24);
+  auto c =
+      MakeConsumer(db.url(), broker.url(), client, [](broker::MqttOptions& o, ConsumerOptions& co) {
+        o.keep_alive = seconds(2);  // bound: 1 s; mosquitto drops after 3 s
+        co.max_attempts = 3;
+      });
+  ASSERT_NE(c, nullptr);
+  ASSERT_TRUE(c->Start().ok());
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        return broker.ReadLog().find("Received SUBSCRIBE from " + client) != std::string::npos;
+      },
+      seconds(10)));
+  const std::string slow = NewUuidV7().ToString(), next = NewUuidV7().ToString();
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(PublishReading(broker, "d1", slow, "device.slow"));
+  ASSERT_TRUE(PublishReading(broker, "d1", next));
+  ASSERT_TRUE(WaitUntil([&] { return db.Count("SELECT count(*) FROM effects") == 1; }, seconds(20)))
+      << "the message behind the slow one was not applied";
+  // Three attempts of about 1 s each (plus backoff), not three pg_sleep(30)s.
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, seconds(12));
+  c->Stop();
+  EXPECT_EQ(db.Scalar("SELECT message_id FROM effects"), next);
+  EXPECT_EQ(db.Count("SELECT count(*) FROM converge.dead_letters WHERE message_id = '" + slow +
+                     "' AND reason LIKE '%handler exceeded 1000 ms%' AND attempts = 3"),
+            1)
+      << db.Scalar(
+             "SELECT string_agg(reason || ' / ' || attempts, '; ') FROM converge.dead_letters");
+  const std::string log = broker.ReadLog();
+  EXPECT_EQ(log.find("Client " + client + " has exceeded timeout"), std::string::npos)
+      << "mosquitto dropped the consumer for a missed keepalive";
+  EXPECT_EQ(c->stats().applied, 1u);
+  EXPECT_EQ(c->stats().dead_letters, 1u);
 }
 
 }  // namespace
