@@ -1,5 +1,6 @@
 // Shared MQTT pieces: option checks, topic mapping and matching, connect options, reason codes,
 // and the record decoder.
+#include <algorithm>
 #include <cstdio>
 #include <random>
 

@@ -10,10 +10,13 @@
 // to the shared services of scripts/services.sh.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <random>
@@ -78,6 +81,21 @@ class Pipeline : public ::testing::Test {
       ep_.db_url = shared_db_->url();
     }
     ASSERT_TRUE(InstallHarnessSchema(ep_.db_url).ok());
+    if (record_publish_times_) {
+      // When the relay removed each row from the outbox (just after its PUBACK): a broker that
+      // loses acknowledged messages loses those removed shortly before it failed.
+      pqxx::connection c(ep_.db_url);
+      pqxx::nontransaction(c).exec(R"sql(
+CREATE TABLE robust.published (message_id uuid NOT NULL, at timestamptz NOT NULL);
+CREATE FUNCTION robust.record_published() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO robust.published VALUES (OLD.message_id, clock_timestamp());
+  RETURN NULL;
+END $$;
+CREATE TRIGGER robust_published AFTER DELETE ON converge.outbox
+  FOR EACH ROW EXECUTE FUNCTION robust.record_published();
+)sql");
+    }
     // The mock keeps 5 MiB per partition: more partitions keep a soak run's backlog retained.
     const char* partitions = std::getenv("CONVERGE_ROBUST_PARTITIONS");
     const std::string topic_arg =
@@ -96,11 +114,15 @@ class Pipeline : public ::testing::Test {
     return e;
   }
   ChildProcess Relay(const std::string& name, const std::map<std::string, std::string>& env = {}) {
-    return StartRelay(ProcessEndpoints(), name, env, relay_args_);
+    return StartRelay(ProcessEndpoints(), name, WithProcessEnv(env), relay_args_);
   }
   ChildProcess Consumer(const std::string& name,
                         const std::map<std::string, std::string>& env = {}) {
-    return StartConsumer(ProcessEndpoints(), name, env, consumer_args_);
+    return StartConsumer(ProcessEndpoints(), name, WithProcessEnv(env), consumer_args_);
+  }
+  std::map<std::string, std::string> WithProcessEnv(std::map<std::string, std::string> env) const {
+    env.insert(process_env_.begin(), process_env_.end());
+    return env;
   }
 
   // Milliseconds until every healthy message committed before now (database time) has an
@@ -333,11 +355,13 @@ class Pipeline : public ::testing::Test {
   // and the consumer use (process_db_url_).
   bool second_address_ = false;
   std::string process_db_url_;
-  std::vector<std::string> relay_args_;     // extra converge-relay flags
-  std::vector<std::string> consumer_args_;  // extra converge-test-consumer flags
-  bool read_broker_ = true;                 // the checker reads the Kafka topic back
-  milliseconds drain_budget_{0};            // 0: 180 s or 10 ms per message
-  bool scenario_attributes_loss_ = false;   // mqtt_kill9 judges lost messages itself
+  std::vector<std::string> relay_args_;             // extra converge-relay flags
+  std::vector<std::string> consumer_args_;          // extra converge-test-consumer flags
+  bool read_broker_ = true;                         // the checker reads the Kafka topic back
+  milliseconds drain_budget_{0};                    // 0: 180 s or 10 ms per message
+  bool scenario_attributes_loss_ = false;           // mqtt_kill9 judges lost messages itself
+  bool record_publish_times_ = false;               // robust.published: outbox removal times
+  std::map<std::string, std::string> process_env_;  // for every relay and consumer started
 };
 
 // kill -9 of the consumer at random moments under load: redelivered records are deduped, the
@@ -446,6 +470,75 @@ TEST_F(Pipeline, KafkaBrokerDown) {
     ASSERT_EQ(kafka_.Control("broker-up -1"), "ok");
   });
   Finish(w);
+}
+
+// The host clock of the relay and the consumer steps (+1 h, two hours back, a day back ...), as
+// an NTP step or an operator's `date -s` does: libfaketime preloaded into both processes, with a
+// timestamp file re-read on every call. Only CLOCK_REALTIME steps; the monotonic clock never goes
+// back on a real host. Leases, fencing and ordering are decided on PostgreSQL's clock and the
+// timers on the monotonic one, so nothing may be lost, applied twice or reordered, and the
+// pipeline keeps moving (liveness floor).
+//
+// Over MQTT (relay target and consumer source), not Kafka: librdkafka waits with C11
+// cnd_timedwait on an absolute CLOCK_REALTIME deadline, which glibc implements without going
+// through pthread_cond_timedwait, so libfaketime cannot translate it; a faked step forward then
+// makes every librdkafka wait last the size of the step in real time (the consumer hung for the
+// whole run at +1 h). That is an artifact of faking the clock in one process only; on a real
+// host the kernel's deadline moves with the clock.
+TEST_F(Pipeline, HostClockJumps) {
+  const std::string lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+  ASSERT_EQ(::access(lib.c_str(), R_OK), 0) << lib << " missing: apt-get install faketime";
+  const std::string stamp = ResultsDir() + "/logs/clock_jumps-faketime.rc";
+  std::filesystem::create_directories(ResultsDir() + "/logs");
+  auto set_offset = [&](const std::string& offset) {
+    const std::string tmp = stamp + ".tmp";
+    std::ofstream(tmp) << offset << "\n";
+    std::rename(tmp.c_str(), stamp.c_str());  // atomic: a reader sees the old or the new
+  };
+  set_offset("+0");
+  process_env_ = {{"LD_PRELOAD", lib},
+                  {"FAKETIME_TIMESTAMP_FILE", stamp},
+                  {"FAKETIME_NO_CACHE", "1"},
+                  {"FAKETIME_DONT_FAKE_MONOTONIC", "1"}};
+  testing::MosquittoBroker mosquitto({.extra = "max_queued_messages 1000000\n"});
+  ASSERT_TRUE(mosquitto.Start()) << mosquitto.error();
+  // --log.level=debug: a line per batch, so the log shows the clock the relay ran on.
+  relay_args_ = {"--relay.target=mqtt", "--mqtt.url=" + mosquitto.url(),
+                 "--mqtt.topic_template={topic}/{key}", "--log.level=debug"};
+  consumer_args_ = {"--source",         "mqtt",
+                    "--mqtt-url",       mosquitto.url(),
+                    "--mqtt-client-id", "robust-clock-consumer"};
+  read_broker_ = false;
+  SetUpPipeline("clock_jumps", Database::kShared, ReadScale("clock_jumps", 4000, 6, 150));
+  ASSERT_FALSE(HasFatalFailure());
+  Workload w(DefaultWorkload());
+  w.Start();
+  const std::vector<std::string> offsets = {"+1h", "-1h", "+0", "-1d", "+30m", "+0"};
+  std::string ahead_hour;  // the relay's log must show the faked clock
+  RunFaults([&](int i) {
+    const std::string& offset = offsets[static_cast<size_t>(i) % offsets.size()];
+    if (offset == "+1h" && ahead_hour.empty()) {
+      pqxx::connection c(ep_.db_url);
+      ahead_hour = pqxx::nontransaction(c)
+                       .exec1(
+                           "SELECT to_char((now() + interval '1 hour') AT TIME ZONE 'UTC', "
+                           "'YYYY-MM-DD\"T\"HH24')")[0]
+                       .c_str();
+    }
+    set_offset(offset);
+    faults_.Add("host clock of relay and consumer steps to " + offset);
+    // Let both processes act on the new clock for a while.
+    SupervisedSleep(milliseconds(1500 + rng_() % 1000));
+  });
+  set_offset("+0");
+  Finish(w);
+  std::ifstream in(ResultsDir() + "/logs/clock_jumps-relay.log");
+  const std::string log((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!ahead_hour.empty()) {
+    EXPECT_NE(log.find("ts=" + ahead_hour), std::string::npos)
+        << "no relay log line stamped " << ahead_hour << ": libfaketime did not take effect";
+  }
+  std::remove(stamp.c_str());
 }
 
 // Retriable produce errors (disconnects, NOT_LEADER, timeouts) and slow acks (RTT).
@@ -803,6 +896,7 @@ TEST_F(Pipeline, MqttBrokerKillNine) {
                     "--mqtt-url",       mosquitto.url(),
                     "--mqtt-client-id", "robust-mqtt-consumer"};
   read_broker_ = false;
+  record_publish_times_ = true;
   SetUpPipeline("mqtt_kill9", Database::kShared, ReadScale("mqtt_kill9", 3000, 4, 120));
   ASSERT_FALSE(HasFatalFailure());
   // A kill -9 loss never settles, so the drain then always takes its whole budget: 20 s, or
@@ -816,10 +910,10 @@ TEST_F(Pipeline, MqttBrokerKillNine) {
         pqxx::nontransaction(c).exec("SELECT clock_timestamp()::text")[0][0].c_str());
   };
   // (database time just before the fault, kill?) per round: a message lost by a fault was
-  // committed (and PUBACKed to the relay) before that fault and after the previous one.
+  // PUBACKed to the relay before that fault and after the previous one.
   std::vector<std::pair<std::string, bool>> cuts;
   RunFaults([&](int i) {
-    const bool kill = i % 2 == 0;
+    const bool kill = i % 2 == 0 && std::getenv("DBG_GRACEFUL_ONLY") == nullptr;
     WaitForProgress(20 + static_cast<int64_t>(rng_() % 200));
     cuts.emplace_back(db_now(), kill);
     if (kill) {
@@ -834,43 +928,63 @@ TEST_F(Pipeline, MqttBrokerKillNine) {
                 std::to_string(down.count()) + " ms");
   });
   // Whether a message was lost is known only after the drain (a consumer that reconnects with
-  // backoff can leave messages pending for seconds), so the per-fault account is made from the
-  // final history: every healthy message never applied is attributed to the first fault after
-  // its commit.
+  // backoff can leave messages pending for seconds), so the account is made from the final
+  // history. A message's PUBACK came after its commit and before the relay removed its row
+  // (robust.published), but the removal can lag it by seconds: the relay removes a batch's rows
+  // only when the whole batch is settled, and after a kill -9 its unanswered PUBLISHes fail only
+  // once Paho has reconnected. So a lost message is explained by a kill -9 whose cut lies between
+  // its commit and 5 s after its removal (autosave_interval is 1 s), and is counted against the
+  // first such kill; any other loss fails the scenario. (Attributing to the first fault after
+  // the commit, or after the removal, blamed graceful restarts for kill -9 losses.)
   scenario_attributes_loss_ = true;
   Finish(w);
   std::vector<int64_t> lost_per_fault(cuts.size(), 0);
-  int64_t lost_on_kill = 0, lost_on_graceful = 0, worst_kill = 0, unattributed = 0, stale = 0,
-          unpublished = 0;
+  int64_t lost_on_kill = 0, lost_on_graceful = 0, worst_kill = 0, unattributed = 0, unpublished = 0;
   {
-    std::vector<std::string> cut_times;
-    for (const auto& cut : cuts) cut_times.push_back(cut.first);
+    std::vector<std::string> cut_times, cut_kills;
+    for (const auto& cut : cuts) {
+      cut_times.push_back(cut.first);
+      cut_kills.push_back(cut.second ? "true" : "false");
+    }
     pqxx::connection c(ep_.db_url);
-    // Per message never applied: still in the outbox?, the first fault at or after its commit
-    // (1-based, NULL when none), and whether it was committed more than 5 s before that fault.
+    // Per message never applied: removed from the outbox?, the first kill -9 and the first
+    // graceful restart that can explain it (1-based, NULL when none).
     auto rows = pqxx::nontransaction(c).exec_params(
-        "WITH lost AS (SELECT b.message_id, b.committed_at FROM robust.business b WHERE NOT "
-        "b.poison AND NOT EXISTS (SELECT 1 FROM robust.effects e WHERE e.message_id = "
-        "b.message_id AND e.consumer_group = $1)) "
-        "SELECT EXISTS (SELECT 1 FROM converge.outbox o WHERE o.message_id = l.message_id), f.i, "
-        "l.committed_at < f.t - interval '5 s' FROM lost l LEFT JOIN LATERAL (SELECT c.t, c.i "
-        "FROM unnest($2::timestamptz[]) WITH ORDINALITY AS c(t, i) WHERE l.committed_at <= c.t "
-        "ORDER BY c.i LIMIT 1) f ON true",
-        ep_.group, pg::TextArrayLiteral(cut_times));
+        "WITH lost AS (SELECT b.message_id, b.key, b.committed_at, (SELECT max(p.at) FROM "
+        "robust.published p WHERE p.message_id = b.message_id) AS removed FROM robust.business b "
+        "WHERE NOT b.poison AND NOT EXISTS (SELECT 1 FROM robust.effects e WHERE e.message_id = "
+        "b.message_id AND e.consumer_group = $1)), "
+        "cuts AS (SELECT * FROM unnest($2::timestamptz[], $3::boolean[]) WITH ORDINALITY AS "
+        "c(t, kill, i)) "
+        "SELECT l.removed IS NULL, "
+        "(SELECT min(c.i) FROM cuts c WHERE c.kill AND c.t BETWEEN l.committed_at AND "
+        "l.removed + interval '5 s'), "
+        "(SELECT min(c.i) FROM cuts c WHERE NOT c.kill AND c.t BETWEEN l.committed_at AND "
+        "l.removed + interval '5 s'), "
+        "l.message_id, l.key, l.committed_at, l.removed FROM lost l ORDER BY l.removed",
+        ep_.group, pg::TextArrayLiteral(cut_times), pg::TextArrayLiteral(cut_kills));
+    int shown = 0;
     for (const auto& row : rows) {
       if (row[0].as<bool>()) {  // never published: still in the outbox (relay liveness)
         ++unpublished;
         continue;
       }
-      if (row[1].is_null()) {
-        ++unattributed;
+      if (!row[1].is_null()) {
+        const size_t f = row[1].as<size_t>() - 1;
+        ++lost_on_kill;
+        worst_kill = std::max(worst_kill, ++lost_per_fault[f]);
         continue;
       }
-      const size_t f = row[1].as<size_t>() - 1;
-      if (cuts[f].second && row[2].as<bool>()) ++stale;
-      ++lost_per_fault[f];
-      (cuts[f].second ? lost_on_kill : lost_on_graceful) += 1;
-      if (cuts[f].second) worst_kill = std::max(worst_kill, lost_per_fault[f]);
+      // Unexplained: show a few, to trace in the logs (the MQTT topic is <topic>/<key>).
+      if (shown++ < 8)
+        std::printf("[mqtt_kill9] unexplained loss %s key=%s committed=%s removed=%s\n",
+                    row[3].c_str(), row[4].c_str(), row[5].c_str(), row[6].c_str());
+      if (!row[2].is_null()) {
+        ++lost_per_fault[row[2].as<size_t>() - 1];
+        ++lost_on_graceful;
+      } else {
+        ++unattributed;
+      }
     }
   }
   for (size_t f = 0; f < cuts.size(); ++f)
@@ -891,15 +1005,11 @@ TEST_F(Pipeline, MqttBrokerKillNine) {
                                 "(the relay's MQTT target stopped publishing after a restart)");
   if (unattributed > 0)
     history_.failures.push_back(std::to_string(unattributed) +
-                                " messages lost that no broker fault explains");
-  if (stale > 0)
-    history_.failures.push_back(std::to_string(stale) +
-                                " messages lost by a kill -9 were committed more than 5 s before "
-                                "it (autosave_interval is 1 s)");
+                                " messages lost that no broker fault explains (no kill -9 or "
+                                "restart between the commit and 5 s after the PUBACK)");
   for (const auto& f : history_.failures)
     if (f.find("mosquitto") != std::string::npos || f.find("broker fault") != std::string::npos ||
-        f.find("never published") != std::string::npos ||
-        f.find("kill -9 were") != std::string::npos)
+        f.find("never published") != std::string::npos)
       ADD_FAILURE() << f;
   std::printf("[mqtt_kill9] lost per fault:");
   for (size_t f = 0; f < cuts.size(); ++f)
