@@ -99,7 +99,11 @@ ConsumerCeilings MeasureConsumerCeilings(const BenchDatabase& db, long batched_r
                 "WHERE consumer_group = 'ceiling' AND topic = 'ceiling' AND partition = 0 "
                 "AND owner = 'bench' AND epoch = 1");
   const std::string payload = "{\"n\":1,\"pad\":\"" + std::string(100, 'x') + "\"}";
-  long offset = 0;
+  // Called once per round: carry on after the previous round's dedupe rows.
+  long offset = pqxx::nontransaction(*conn)
+                    .exec1("SELECT coalesce(max(\"offset\") + 1, 0) FROM converge.inbox WHERE "
+                           "consumer_group = 'ceiling'")[0]
+                    .as<long>();
   auto run = [&](long rows, int per_commit) {
     const auto start = Clock::now();
     for (long done = 0; done < rows;) {
