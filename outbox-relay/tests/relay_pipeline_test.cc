@@ -81,6 +81,17 @@ bool WaitFor(const std::function<bool()>& done, std::chrono::seconds timeout) {
   return true;
 }
 
+// Runs the relay on a thread until the outbox is empty (30 s at most), then stops it.
+bool RunUntilDrained(const TestDatabase& db, Relay& relay) {
+  std::thread runner([&] { EXPECT_TRUE(relay.Run().ok()); });
+  const bool drained =
+      WaitFor([&] { return db.Count("SELECT count(*) FROM converge.outbox") == 0; },
+              std::chrono::seconds(30));
+  relay.Stop();
+  runner.join();
+  return drained;
+}
+
 // Index of the first publish of (key, seq) in `published`, or -1.
 int IndexOf(const std::vector<Message>& published, const std::string& key, int64_t seq) {
   for (size_t i = 0; i < published.size(); ++i)
@@ -104,13 +115,7 @@ TEST(RelayPipeline, NextBatchClaimedInFlightLeavesOutTheKeysOfTheBatchAtTheBroke
   FakePublisher* fake = pub.get();
   Relay relay(Options(db), std::move(pub));
   HoldFirstBatch hold(fake, &relay);
-  std::thread runner([&] { EXPECT_TRUE(relay.Run().ok()); });
-  const bool drained =
-      WaitFor([&] { return db.Count("SELECT count(*) FROM converge.outbox") == 0; },
-              std::chrono::seconds(30));
-  relay.Stop();
-  runner.join();
-  ASSERT_TRUE(drained);
+  ASSERT_TRUE(RunUntilDrained(db, relay));
 
   EXPECT_TRUE(hold.overlapped()) << "the second batch is claimed while the first is in flight";
   const auto batches = hold.batches();
@@ -140,13 +145,7 @@ TEST(RelayPipeline, FailureInTheBatchAtTheBrokerDoesNotLetTheNextBatchOvertake) 
   });
   Relay relay(Options(db), std::move(pub));
   HoldFirstBatch hold(fake, &relay);
-  std::thread runner([&] { EXPECT_TRUE(relay.Run().ok()); });
-  const bool drained =
-      WaitFor([&] { return db.Count("SELECT count(*) FROM converge.outbox") == 0; },
-              std::chrono::seconds(30));
-  relay.Stop();
-  runner.join();
-  ASSERT_TRUE(drained);
+  ASSERT_TRUE(RunUntilDrained(db, relay));
 
   EXPECT_TRUE(hold.overlapped());
   EXPECT_EQ(failures.load(), 1);
@@ -267,13 +266,7 @@ TEST(RelayPipeline, TwoPublishersCarryDisjointKeysAndAFailureIsNotOvertaken) {
   t.more_publishers.push_back(std::move(pub2));
   targets.push_back(std::move(t));
   Relay relay(Options(db), std::move(targets));
-  std::thread runner([&] { EXPECT_TRUE(relay.Run().ok()); });
-  const bool drained =
-      WaitFor([&] { return db.Count("SELECT count(*) FROM converge.outbox") == 0; },
-              std::chrono::seconds(30));
-  relay.Stop();
-  runner.join();
-  ASSERT_TRUE(drained);
+  ASSERT_TRUE(RunUntilDrained(db, relay));
 
   EXPECT_TRUE(concurrent.load()) << "the second batch went out while the first was unconfirmed";
   std::lock_guard<std::mutex> lock(mu);
