@@ -53,6 +53,7 @@ trap 'exit 130' INT TERM
 eval "$(CONVERGE_DEVKAFKA_BIN="$build_dir/bin/converge-devkafka" "$services" start)"
 export CONVERGE_BIN_DIR="$build_dir/bin"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
+export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$CONVERGE_ROOT/scripts/lsan.supp:print_suppressions=0}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}"
 

@@ -78,6 +78,10 @@ class ConsumerKafkaTest : public ::testing::Test {
     o.bootstrap_servers = cluster_->bootstrap_servers();
     o.group_id = "g1";
     o.session_timeout = session;
+    // A rejoin waits for every member up to the rebalance timeout (max.poll.interval.ms,
+    // 300 s by default): bound it, so that a slow (sanitizer) build cannot stall a rebalance
+    // for minutes.
+    o.properties["max.poll.interval.ms"] = "20000";
     auto s = broker::MakeKafkaSource(o);
     EXPECT_TRUE(s.ok()) << s.status();
     return s.ok() ? std::move(s).value() : nullptr;

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <iomanip>
 #include <iostream>
+#include <memory>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -368,19 +369,20 @@ void RegisterShipping(converge::consumer::Consumer& consumer, const std::string&
 }
 
 void RegisterDeviceIngest(converge::consumer::Consumer& consumer) {
-  auto* stats = new converge::pubsub::DeviceIngestStats();  // lives as long as the process
+  // Shared by the handlers; freed with the consumer that holds them.
+  auto stats = std::make_shared<converge::pubsub::DeviceIngestStats>();
   consumer.Handle(std::string(converge::pubsub::kReportedType),
                   [stats](const converge::Message& m, Context& ctx) {
-                    return converge::pubsub::IngestReported(ctx.tx(), m, stats);
+                    return converge::pubsub::IngestReported(ctx.tx(), m, stats.get());
                   });
   consumer.Handle(std::string(converge::pubsub::kPresenceType),
                   [stats](const converge::Message& m, Context& ctx) {
-                    return converge::pubsub::IngestPresence(ctx.tx(), m, stats);
+                    return converge::pubsub::IngestPresence(ctx.tx(), m, stats.get());
                   });
   consumer.Handle(
       std::string(converge::pubsub::kAckType),
       [stats](const converge::Message& m, Context& ctx) -> Status {
-        CONVERGE_RETURN_IF_ERROR(converge::pubsub::IngestAck(ctx.tx(), m, stats));
+        CONVERGE_RETURN_IF_ERROR(converge::pubsub::IngestAck(ctx.tx(), m, stats.get()));
         auto id = m.extensions.find(std::string(converge::pubsub::kExtCommandId));
         if (id == m.extensions.end()) return Status::Ok();
         auto& tx = ctx.tx();
