@@ -19,6 +19,7 @@
 // connects with a clean start. Nothing is lost: the affected rows were reported as failures
 // (kUnavailable or kDeadlineExceeded) and the relay publishes them again; destroying the client
 // also keeps stale queued publishes from going out later behind the relay's back.
+#include <algorithm>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -36,8 +37,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
-
-constexpr char kNoPuback[] = "no PUBACK before the batch timeout";
 
 std::string RandomSuffix() {
   std::random_device rd;
@@ -72,7 +71,8 @@ class MqttPublisher final : public Publisher {
     std::deque<Pending> pending;
     std::set<std::pair<std::string_view, std::string_view>> held;  // keys not handed over
     bool buffer_full = false;                                      // publish() refused with -12
-    auto settle = [&](Pending& p) { out[p.index].status = Wait(p.token, deadline); };
+    size_t unanswered = 0;                                         // no PUBACK before the deadline
+    auto settle = [&](Pending& p) { out[p.index].status = Wait(p.token, deadline, &unanswered); };
 
     for (size_t i = 0; i < messages.size(); ++i) {
       const Message& m = *messages[i];
@@ -108,7 +108,7 @@ class MqttPublisher final : public Publisher {
       }
     }
     for (auto& p : pending) settle(p);
-    ReplaceIfWedged(out, buffer_full);
+    ReplaceIfWedged(out, buffer_full, unanswered);
     return out;
   }
 
@@ -178,15 +178,11 @@ class MqttPublisher final : public Publisher {
 
   // See the file comment: a batch that got nothing through while Paho says it is connected, by
   // a full publish buffer or by no PUBACK at all before the batch timeout, replaces the client.
-  void ReplaceIfWedged(const std::vector<DeliveryResult>& out, bool buffer_full) {
-    size_t ok = 0, timed_out = 0;
-    for (const auto& r : out) {
-      if (r.status.ok()) ++ok;
-      if (r.status.code() == StatusCode::kDeadlineExceeded &&
-          r.status.message().find(kNoPuback) != std::string::npos)
-        ++timed_out;
-    }
-    if (ok > 0 || (!buffer_full && timed_out == 0) || !cli_->is_connected()) return;
+  void ReplaceIfWedged(const std::vector<DeliveryResult>& out, bool buffer_full,
+                       size_t unanswered) {
+    const bool delivered =
+        std::any_of(out.begin(), out.end(), [](const DeliveryResult& r) { return r.status.ok(); });
+    if (delivered || (!buffer_full && unanswered == 0) || !cli_->is_connected()) return;
     std::lock_guard<std::mutex> lock(close_mu_);
     if (closed_) return;
     log_.Log(Level::kWarn, "mqtt client connected but not delivering; replacing it",
@@ -194,20 +190,24 @@ class MqttPublisher final : public Publisher {
               {"client_id", client_id_},
               {"queued_in_paho", cli_->get_pending_delivery_tokens().size()},
               {"refused_buffer_full", buffer_full},
-              {"timed_out", timed_out}});
+              {"unanswered", unanswered}});
     cli_.reset();  // MQTTAsync_destroy: closes the socket, drops what was queued
     cli_ = NewClient();
     connect_tok_.reset();
     ever_connected_ = false;
   }
 
-  // Waits for one token until `deadline` (in slices, so Close() can interrupt it).
-  Status Wait(const ::mqtt::delivery_token_ptr& tok, Clock::time_point deadline) {
+  // Waits for one token until `deadline` (in slices, so Close() can interrupt it); counts a
+  // token still unanswered then in `*unanswered`.
+  Status Wait(const ::mqtt::delivery_token_ptr& tok, Clock::time_point deadline,
+              size_t* unanswered) {
     try {
       while (true) {
         const auto now = Clock::now();
-        if (now >= deadline || closing_.load())
-          return Status::DeadlineExceeded(std::string("mqtt: ") + kNoPuback);
+        if (now >= deadline || closing_.load()) {
+          ++*unanswered;
+          return Status::DeadlineExceeded("mqtt: no PUBACK before the batch timeout");
+        }
         const auto slice = std::min<Clock::duration>(deadline - now, milliseconds(50));
         if (tok->wait_for(std::chrono::duration_cast<milliseconds>(slice) + milliseconds(1)))
           return Status::Ok();
