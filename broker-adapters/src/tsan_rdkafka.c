@@ -10,7 +10,12 @@
  *    intercepts inside it (malloc, memcpy, ...) and not its atomics, and reports races inside
  *    librdkafka that are not real. Those reports are suppressed; races in Converge's own code
  *    are still reported. (TSan reads __tsan_default_suppressions before TSAN_OPTIONS; only one
- *    definition may exist per executable.) */
+ *    definition may exist per executable.)
+ * 3. The same holds for Debian's Paho C++ (and C): a token's completion callback signals its
+ *    condition variable on Paho's thread, and the waiter may then drop the last reference and
+ *    destroy it; the ordering between the two comes from the reference count's atomic decrement
+ *    inside libpaho-mqttpp3 (shared_ptr, in Paho's uninstrumented code), which TSan cannot see,
+ *    so it reports the destroy as racing with the signal. Those reports are suppressed too. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -54,5 +59,7 @@ int thrd_detach(thrd_t thr) { return converge_thrd_error(pthread_detach((pthread
 
 const char* __tsan_default_suppressions(void) {
   return "called_from_lib:librdkafka.so.1\n"
-         "race:librdkafka.so.1\n";
+         "race:librdkafka.so.1\n"
+         "race:libpaho-mqttpp3.so.1\n"
+         "race:libpaho-mqtt3as.so.1\n";
 }

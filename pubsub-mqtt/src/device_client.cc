@@ -119,23 +119,28 @@ class DeviceClient::Impl {
   ~Impl() { Stop(OfflineMode::kGraceful); }
 
   Status Start() {
+    CONVERGE_RETURN_IF_ERROR(o_.Validate());
+    // Created and wired before taking mu_: Paho runs these callbacks holding its process-wide
+    // mutex and they take mu_ (Push), so calling into Paho with mu_ held would invert that
+    // order (ThreadSanitizer: lock-order-inversion). No callback fires before the connect.
+    std::unique_ptr<::mqtt::async_client> cli;
+    try {
+      cli = std::make_unique<::mqtt::async_client>(o_.url, o_.device_id,
+                                                   ::mqtt::create_options(MQTTVERSION_5), nullptr);
+    } catch (const ::mqtt::exception& e) {
+      return Status::InvalidArgument("device.url: " + Describe(e));
+    }
+    cli->set_message_callback([this](::mqtt::const_message_ptr m) {
+      Push({EventKind::kMessage, std::move(m)});
+    });
+    cli->set_connection_lost_handler([this](const std::string&) { Push({EventKind::kLost}); });
+    cli->set_disconnected_handler(
+        [this](const ::mqtt::properties&, ::mqtt::ReasonCode) { Push({EventKind::kLost}); });
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (started_) return Status::FailedPrecondition("device client already started");
-      CONVERGE_RETURN_IF_ERROR(o_.Validate());
       LoadState();
-      try {
-        cli_ = std::make_unique<::mqtt::async_client>(
-            o_.url, o_.device_id, ::mqtt::create_options(MQTTVERSION_5), nullptr);
-      } catch (const ::mqtt::exception& e) {
-        return Status::InvalidArgument("device.url: " + Describe(e));
-      }
-      cli_->set_message_callback([this](::mqtt::const_message_ptr m) {
-        Push({EventKind::kMessage, std::move(m)});
-      });
-      cli_->set_connection_lost_handler([this](const std::string&) { Push({EventKind::kLost}); });
-      cli_->set_disconnected_handler(
-          [this](const ::mqtt::properties&, ::mqtt::ReasonCode) { Push({EventKind::kLost}); });
+      cli_ = std::move(cli);
       started_ = true;
       want_online_ = true;
       worker_ = std::thread([this] { Run(); });
