@@ -90,16 +90,43 @@ bool WaitUntil(F f, milliseconds timeout) {
   return f();
 }
 
-TEST(ConsumerMqtt, KilledBetweenCommitAndPubackThenRedeliveredAndSkippedAsDuplicate) {
+// What every test here needs: a test database with an `effects` table, a private mosquitto
+// with the consumer's and the devices' users and ACL (`extra`: more mosquitto.conf lines), and a
+// fresh client id for the consumer.
+struct Rig {
+  explicit Rig(const std::string& extra = "") : broker(Config(extra)) {}
+  static testing::MosquittoConfig Config(const std::string& extra) {
+    testing::MosquittoConfig cfg;
+    cfg.users = {{"consumer", "consumer-pw"}, {"device", "device-pw"}};
+    cfg.acl = "user consumer\ntopic read dev/#\nuser device\ntopic write dev/#\n";
+    cfg.extra = extra;
+    return cfg;
+  }
+  // False with `error` when the database or the broker is not there.
+  bool Start() {
+    if (!db.ok()) {
+      error = "no test database";
+      return false;
+    }
+    db.Scalar("CREATE TABLE effects (message_id text NOT NULL, topic text NOT NULL)");
+    if (!broker.Start()) {
+      error = broker.error();
+      return false;
+    }
+    return true;
+  }
   testing::TestDatabase db;
-  ASSERT_TRUE(db.ok());
-  db.Scalar("CREATE TABLE effects (message_id text NOT NULL, topic text NOT NULL)");
-  testing::MosquittoConfig cfg;
-  cfg.users = {{"consumer", "consumer-pw"}, {"device", "device-pw"}};
-  cfg.acl = "user consumer\ntopic read dev/#\nuser device\ntopic write dev/#\n";
-  testing::MosquittoBroker broker(cfg);
-  ASSERT_TRUE(broker.Start()) << broker.error();
+  testing::MosquittoBroker broker;
   const std::string client = "consumer-" + NewUuidV7().ToString().substr(24);
+  std::string error;
+};
+
+TEST(ConsumerMqtt, KilledBetweenCommitAndPubackThenRedeliveredAndSkippedAsDuplicate) {
+  Rig rig;
+  ASSERT_TRUE(rig.Start()) << rig.error;
+  auto& db = rig.db;
+  auto& broker = rig.broker;
+  const std::string& client = rig.client;
 
   // 1. A consumer that dies right after committing message A, before Ack (PUBACK held).
   //    It runs once first without the message so that its session and subscription exist.
@@ -152,15 +179,11 @@ TEST(ConsumerMqtt, KilledBetweenCommitAndPubackThenRedeliveredAndSkippedAsDuplic
 }
 
 TEST(ConsumerMqtt, StopWithAHeldUncommittedMessageDoesNotAckIt) {
-  testing::TestDatabase db;
-  ASSERT_TRUE(db.ok());
-  db.Scalar("CREATE TABLE effects (message_id text NOT NULL, topic text NOT NULL)");
-  testing::MosquittoConfig cfg;
-  cfg.users = {{"consumer", "consumer-pw"}, {"device", "device-pw"}};
-  cfg.acl = "user consumer\ntopic read dev/#\nuser device\ntopic write dev/#\n";
-  testing::MosquittoBroker broker(cfg);
-  ASSERT_TRUE(broker.Start()) << broker.error();
-  const std::string client = "consumer-" + NewUuidV7().ToString().substr(24);
+  Rig rig;
+  ASSERT_TRUE(rig.Start()) << rig.error;
+  auto& db = rig.db;
+  auto& broker = rig.broker;
+  const std::string& client = rig.client;
   {
     // A source whose records are never committed: poll, then close without Ack.
     broker::MqttOptions o;
@@ -201,17 +224,12 @@ TEST(ConsumerMqtt, StopWithAHeldUncommittedMessageDoesNotAckIt) {
 }
 
 TEST(ConsumerMqtt, BrokerKilledAndRestartedMidStreamEveryMessageAppliedOnce) {
-  testing::TestDatabase db;
-  ASSERT_TRUE(db.ok());
-  db.Scalar("CREATE TABLE effects (message_id text NOT NULL, topic text NOT NULL)");
-  testing::MosquittoConfig cfg;
-  cfg.users = {{"consumer", "consumer-pw"}, {"device", "device-pw"}};
-  cfg.acl = "user consumer\ntopic read dev/#\nuser device\ntopic write dev/#\n";
   // Save after every change, so what the broker acknowledged survives its kill -9.
-  cfg.extra = "autosave_on_changes true\n";
-  testing::MosquittoBroker broker(cfg);
-  ASSERT_TRUE(broker.Start()) << broker.error();
-  const std::string client = "consumer-" + NewUuidV7().ToString().substr(24);
+  Rig rig("autosave_on_changes true\n");
+  ASSERT_TRUE(rig.Start()) << rig.error;
+  auto& db = rig.db;
+  auto& broker = rig.broker;
+  const std::string& client = rig.client;
   auto c = MakeConsumer(db.url(), broker.url(), client);
   ASSERT_NE(c, nullptr);
   ASSERT_TRUE(c->Start().ok());
@@ -251,15 +269,11 @@ TEST(ConsumerMqtt, BrokerKilledAndRestartedMidStreamEveryMessageAppliedOnce) {
 // lettered after max_attempts, and the message behind it is applied; the broker never drops the
 // consumer for a missed keepalive.
 TEST(ConsumerMqtt, HandlerSlowerThanTheKeepaliveIsCutOffAndDeadLetteredNotLooped) {
-  testing::TestDatabase db;
-  ASSERT_TRUE(db.ok());
-  db.Scalar("CREATE TABLE effects (message_id text NOT NULL, topic text NOT NULL)");
-  testing::MosquittoConfig cfg;
-  cfg.users = {{"consumer", "consumer-pw"}, {"device", "device-pw"}};
-  cfg.acl = "user consumer\ntopic read dev/#\nuser device\ntopic write dev/#\n";
-  testing::MosquittoBroker broker(cfg);
-  ASSERT_TRUE(broker.Start()) << broker.error();
-  const std::string client = "consumer-" + NewUuidV7().ToString().substr(24);
+  Rig rig;
+  ASSERT_TRUE(rig.Start()) << rig.error;
+  auto& db = rig.db;
+  auto& broker = rig.broker;
+  const std::string& client = rig.client;
   auto c =
       MakeConsumer(db.url(), broker.url(), client, [](broker::MqttOptions& o, ConsumerOptions& co) {
         o.keep_alive = seconds(2);  // bound: 1 s; mosquitto drops after 3 s
