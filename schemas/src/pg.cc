@@ -4,6 +4,7 @@
 #include <pqxx/except>
 
 #include <cstdlib>
+#include <mutex>
 #include <set>
 #include <utility>
 
@@ -113,6 +114,14 @@ Result<std::unique_ptr<pqxx::connection>> Connect(const std::string& url) {
     return Status::Unavailable("cannot connect to PostgreSQL: " + conninfo.status().message());
   try {
     auto conn = std::make_unique<pqxx::connection>(*conninfo);
+    // libpqxx 6.4 maps encoding names through a function-local static std::map, built by the
+    // first query of the process. Its guard is read inline in the (uninstrumented) library, so
+    // ThreadSanitizer cannot see that a thread's later lookup follows the build and reports a
+    // race whenever two threads run their first queries concurrently (the relay's listener and
+    // a target's lease renewal). Building it under call_once makes the order visible; it costs
+    // one round trip per process.
+    static std::once_flag encodings_built;
+    std::call_once(encodings_built, [&] { pqxx::nontransaction(*conn).exec("SELECT 1"); });
     return conn;
   } catch (const std::exception& e) {
     // libpq's messages name host and port but never the password; the URL is not repeated.
