@@ -339,6 +339,52 @@ int64_t Unsettled(const std::string& db_url, const std::string& group) {
   }
 }
 
+std::string DescribeUnsettled(const std::string& db_url, const std::string& group) {
+  // Where the unsettled healthy messages are: still in the outbox (and why the relay does not
+  // take them), or gone from it (published) without an effect (the consumer side).
+  static constexpr const char* kWhere = R"sql(
+WITH u AS (
+  SELECT b.message_id, b.key FROM robust.business b
+   WHERE NOT b.poison
+     AND NOT EXISTS (SELECT 1 FROM robust.effects e
+                      WHERE e.message_id = b.message_id AND e.consumer_group = $1)
+     AND NOT EXISTS (SELECT 1 FROM converge.dead_letters d
+                      WHERE d.origin = 'relay' AND d.message_id = b.message_id))
+SELECT coalesce(o.id::text, 'published') AS outbox_id, u.key, o.seq, o.slot,
+       o.attempts, s.owner, (s.lease_until > now()) AS leased,
+       k.parked, k.blocked_until - now() AS blocked_for, k.reason,
+       (SELECT last_seq FROM converge.consumer_key_seq q
+         WHERE q.consumer_group = $1 AND q.key = u.key LIMIT 1) AS consumer_last_seq
+  FROM u LEFT JOIN converge.outbox o ON o.message_id = u.message_id
+         LEFT JOIN converge.relay_slots s ON s.slot = o.slot
+         LEFT JOIN converge.outbox_blocked_keys k ON k.topic = o.topic AND k.key = o.key
+ ORDER BY u.key, o.seq LIMIT 40)sql";
+  static constexpr const char* kOffsets = R"sql(
+SELECT topic, partition, next_offset, owner, epoch, now() - updated_at AS idle
+  FROM converge.consumer_offsets WHERE consumer_group = $1 ORDER BY topic, partition)sql";
+  std::string out;
+  auto dump = [&](pqxx::result r, const char* title) {
+    out += std::string(title) + " (" + std::to_string(r.size()) + " rows)\n";
+    for (const auto& row : r) {
+      out += "   ";
+      for (const auto& f : row)
+        out += std::string(" ") + f.name() + "=" + (f.is_null() ? "NULL" : f.c_str());
+      out += "\n";
+    }
+  };
+  try {
+    pqxx::connection c(db_url);
+    pqxx::read_transaction tx(c);
+    dump(tx.exec_params(kWhere, group), "unsettled messages");
+    dump(tx.exec_params(kOffsets, group), "consumer offsets");
+    dump(tx.exec("SELECT instance_id, lease_until > now() AS live FROM converge.relay_instances"),
+         "relay instances");
+  } catch (const std::exception& e) {
+    out += std::string("cannot describe the unsettled messages: ") + e.what() + "\n";
+  }
+  return out;
+}
+
 int64_t WaitSettled(const std::string& db_url, const std::string& group, milliseconds timeout) {
   const auto start = steady_clock::now();
   int64_t last = -1;

@@ -168,6 +168,9 @@ struct CheckOptions {
 // relay and not parked; plus poison messages not yet dead-lettered. -1 when PostgreSQL is
 // unreachable.
 int64_t Unsettled(const std::string& db_url, const std::string& group);
+// A readable account of where the unsettled messages are (outbox and leases, or published and
+// not applied) and of the consumer's offsets, for a scenario that did not drain.
+std::string DescribeUnsettled(const std::string& db_url, const std::string& group);
 // Polls Unsettled() until 0; returns the milliseconds it took, or -1 at `timeout`.
 int64_t WaitSettled(const std::string& db_url, const std::string& group,
                     std::chrono::milliseconds timeout);

@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -102,8 +103,23 @@ CREATE TRIGGER robust_published AFTER DELETE ON converge.outbox
         ep_.topic + ":" + (partitions != nullptr && *partitions != '\0' ? partitions : "4");
     ASSERT_TRUE(kafka_.Start({"--topic", topic_arg})) << kafka_.error();
     ep_.brokers = kafka_.bootstrap_servers();
-    relay_ = Relay("relay");
+    // The consumer first: over MQTT a message published before its subscription exists is not
+    // queued for it (a fresh broker knows no session), so the relay starts only once the broker
+    // has received the consumer's SUBSCRIBE (mosquitto adds the subscription while handling it,
+    // before it reads any other client's packet).
     consumer_ = Consumer("consumer");
+    if (mosquitto_ != nullptr) {
+      const auto id = std::find(consumer_args_.begin(), consumer_args_.end(), "--mqtt-client-id");
+      ASSERT_NE(id, consumer_args_.end());
+      const std::string line = "Received SUBSCRIBE from " + *(id + 1);
+      const auto deadline = steady_clock::now() + std::chrono::seconds(15);
+      while (mosquitto_->ReadLog().find(line) == std::string::npos &&
+             steady_clock::now() < deadline)
+        std::this_thread::sleep_for(milliseconds(50));
+      ASSERT_NE(mosquitto_->ReadLog().find(line), std::string::npos)
+          << "the consumer did not subscribe within 15 s";
+    }
+    relay_ = Relay("relay");
     start_ = steady_clock::now();
   }
 
@@ -235,7 +251,10 @@ CREATE TRIGGER robust_published AFTER DELETE ON converge.outbox
                                         ? drain_budget_.count()
                                         : std::max<int64_t>(180000, int64_t{scale_.messages} * 10));
     history_.recovery_ms = WaitSettled(ep_.db_url, ep_.group, drain_budget);
-    if (history_.recovery_ms < 0) history_.unseen = Unsettled(ep_.db_url, ep_.group);
+    if (history_.recovery_ms < 0) {
+      history_.unseen = Unsettled(ep_.db_url, ep_.group);
+      std::printf("%s", DescribeUnsettled(ep_.db_url, ep_.group).c_str());
+    }
     Phase("settled after " + std::to_string(history_.recovery_ms) + " ms; stopping");
     // A clean stop drains and exits 0.
     relay_.Signal(SIGTERM);
@@ -365,6 +384,7 @@ CREATE TRIGGER robust_published AFTER DELETE ON converge.outbox
   bool scenario_attributes_loss_ = false;           // mqtt_kill9 judges lost messages itself
   bool record_publish_times_ = false;               // robust.published: outbox removal times
   std::map<std::string, std::string> process_env_;  // for every relay and consumer started
+  testing::MosquittoBroker* mosquitto_ = nullptr;   // the consumer's broker when it reads MQTT
 };
 
 // kill -9 of the consumer at random moments under load: redelivered records are deduped, the
@@ -511,6 +531,7 @@ TEST_F(Pipeline, HostClockJumps) {
   consumer_args_ = {"--source",         "mqtt",
                     "--mqtt-url",       mosquitto.url(),
                     "--mqtt-client-id", "robust-clock-consumer"};
+  mosquitto_ = &mosquitto;
   read_broker_ = false;
   SetUpPipeline("clock_jumps", Database::kShared, ReadScale("clock_jumps", 4000, 6, 150));
   ASSERT_FALSE(HasFatalFailure());
@@ -898,6 +919,7 @@ TEST_F(Pipeline, MqttBrokerKillNine) {
   consumer_args_ = {"--source",         "mqtt",
                     "--mqtt-url",       mosquitto.url(),
                     "--mqtt-client-id", "robust-mqtt-consumer"};
+  mosquitto_ = &mosquitto;
   read_broker_ = false;
   record_publish_times_ = true;
   SetUpPipeline("mqtt_kill9", Database::kShared, ReadScale("mqtt_kill9", 3000, 4, 120));
