@@ -205,6 +205,59 @@ Status KickConnection(const MqttOptions& o) {
   return Status::Ok();
 }
 
+// The broker's answer to one filter's SUBSCRIBE, logged because the consumer would otherwise
+// stay connected and silently receive nothing, or receive at most once:
+//  * refused (reason >= 0x80, e.g. 0x87 not authorized on brokers whose ACL covers subscribes;
+//    mosquitto 2.0.11 grants every valid filter and applies read ACLs at delivery): error;
+//  * granted below the requested QoS (mosquitto's max_qos): error, since a QoS 0 subscription
+//    is neither queued while the consumer is away nor redelivered after a crash;
+//  * granted: info "mqtt subscribed" (tests and operators wait for it).
+// Runs on Paho's threads: only logs, never throws.
+class SubscribeListener : public ::mqtt::iaction_listener {
+ public:
+  SubscribeListener(const Logger& log, std::string filter, int requested_qos)
+      : log_(log), filter_(std::move(filter)), requested_qos_(requested_qos) {}
+
+  void on_success(const ::mqtt::token& tok) override {
+    int code = requested_qos_;
+    try {
+      const auto codes = tok.get_subscribe_response().get_reason_codes();
+      if (!codes.empty()) code = static_cast<int>(codes.front());
+    } catch (...) {
+    }
+    if (code >= 0x80) {
+      Refused(code);
+    } else if (code < requested_qos_) {
+      log_.Log(Level::kError,
+               "mqtt subscription granted below the requested QoS; messages can be lost",
+               {{"filter", filter_}, {"requested_qos", requested_qos_}, {"granted_qos", code}});
+    } else {
+      log_.Log(Level::kInfo, "mqtt subscribed", {{"filter", filter_}, {"granted_qos", code}});
+    }
+  }
+  void on_failure(const ::mqtt::token& tok) override {
+    int code = -1;
+    try {
+      code = static_cast<int>(tok.get_reason_code());
+      if (code == 0) code = tok.get_return_code();
+    } catch (...) {
+    }
+    Refused(code);
+  }
+
+ private:
+  void Refused(int code) {
+    log_.Log(Level::kError, "mqtt subscribe refused; nothing arrives through this filter",
+             {{"filter", filter_},
+              {"reason_code", code},
+              {"reason", ::mqtt::exception::reason_code_str(code)}});
+  }
+
+  const Logger log_;
+  const std::string filter_;
+  const int requested_qos_;
+};
+
 class SourceImpl {
  public:
   explicit SourceImpl(MqttOptions o)
@@ -233,6 +286,10 @@ class SourceImpl {
       filters_ = topics;
       listener_ = listener;
       assigned_ = false;
+      sub_listeners_.clear();
+      for (const auto& t : topics)
+        sub_listeners_.push_back(std::make_unique<SubscribeListener>(
+            log_, o_.shared_group.empty() ? t : "$share/" + o_.shared_group + "/" + t, o_.qos));
     }
     cli_->set_connected_handler([this](const std::string&) {
       connected_.store(true);
@@ -390,16 +447,19 @@ class SourceImpl {
   // On every (re)connect: subscribe without waiting (waiting here would deadlock Paho).
   void OnConnected() {
     std::vector<std::string> filters;
+    std::vector<SubscribeListener*> listeners;
     {
       std::lock_guard<std::mutex> lock(mu_);
       filters = filters_;
+      for (const auto& l : sub_listeners_) listeners.push_back(l.get());
     }
     log_.Log(Level::kInfo, "mqtt connected; subscribing",
              {{"url", o_.url}, {"client_id", o_.client_id}, {"filters", filters.size()}});
-    for (const auto& f : filters) {
+    for (size_t i = 0; i < filters.size(); ++i) {
+      const std::string& f = filters[i];
       const std::string sub = o_.shared_group.empty() ? f : "$share/" + o_.shared_group + "/" + f;
       try {
-        cli_->subscribe(sub, o_.qos);
+        cli_->subscribe(sub, o_.qos, nullptr, *listeners[i]);
       } catch (const ::mqtt::exception& e) {
         log_.Log(Level::kError, "mqtt subscribe failed",
                  {{"filter", sub}, {"error", mqtt_internal::Describe(e)}});
@@ -475,6 +535,9 @@ class SourceImpl {
     }
   }
 
+  // One per filter (guarded by mu_). Declared before the client so that they outlive it: Paho
+  // keeps a reference in each subscribe token.
+  std::vector<std::unique_ptr<SubscribeListener>> sub_listeners_;
   MqttOptions o_;
   std::unique_ptr<::mqtt::async_client> cli_;
   ::mqtt::token_ptr connect_tok_;

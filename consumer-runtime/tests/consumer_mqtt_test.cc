@@ -14,9 +14,13 @@
 #include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <mutex>
+#include <string_view>
 #include <thread>
+#include <vector>
 
 #include "converge/broker/mqtt.h"
+#include "converge/common/log.h"
 #include "converge/common/uuid.h"
 #include "converge/consumer/consumer.h"
 #include "converge/testing/mosquitto.h"
@@ -306,6 +310,58 @@ TEST(ConsumerMqtt, HandlerSlowerThanTheKeepaliveIsCutOffAndDeadLetteredNotLooped
       << "mosquitto dropped the consumer for a missed keepalive";
   EXPECT_EQ(c->stats().applied, 1u);
   EXPECT_EQ(c->stats().dead_letters, 1u);
+}
+
+// A subscription the broker grants below the requested QoS (mosquitto's max_qos 0) is an error
+// line naming the filter: QoS 0 is neither queued while the consumer is away nor redelivered
+// after a crash. A fully granted one is logged as subscribed. (mosquitto 2.0.11 never refuses a
+// valid filter, so the refused branch, reason >= 0x80, cannot be provoked here.)
+TEST(ConsumerMqtt, SubscriptionGrantedBelowTheRequestedQosIsAnError) {
+  struct Capture {  // the process's log lines, restored to stderr however the test ends
+    Capture() {
+      ConfigureLogging({.sink = [this](std::string_view line) {
+        std::lock_guard<std::mutex> lock(mu);
+        lines.emplace_back(line);
+      }});
+    }
+    ~Capture() { ResetLogging(); }
+    std::mutex mu;
+    std::vector<std::string> lines;
+  } capture;
+  auto& mu = capture.mu;
+  auto& lines = capture.lines;
+  auto logged = [&](const std::string& what) {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const auto& l : lines)
+      if (l.find(what) != std::string::npos) return l;
+    return std::string();
+  };
+  for (const bool capped : {false, true}) {
+    SCOPED_TRACE(capped ? "max_qos 0" : "no cap");
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      lines.clear();
+    }
+    Rig rig(capped ? "max_qos 0\n" : "");
+    ASSERT_TRUE(rig.Start()) << rig.error;
+    auto c = MakeConsumer(rig.db.url(), rig.broker.url(), rig.client);
+    ASSERT_NE(c, nullptr);
+    ASSERT_TRUE(c->Start().ok());
+    const std::string want = capped ? "granted below the requested QoS" : "mqtt subscribed";
+    EXPECT_TRUE(WaitUntil([&] { return !logged(want).empty(); }, seconds(10)))
+        << rig.broker.ReadLog();
+    const std::string line = logged(want);
+    EXPECT_NE(line.find("filter=dev/+/evt"), std::string::npos) << line;
+    if (capped) {
+      EXPECT_NE(line.find("level=error"), std::string::npos) << line;
+      EXPECT_NE(line.find("requested_qos=1 granted_qos=0"), std::string::npos) << line;
+      EXPECT_EQ(logged("mqtt subscribed"), "");
+    } else {
+      EXPECT_NE(line.find("granted_qos=1"), std::string::npos) << line;
+      EXPECT_EQ(logged("granted below"), "");
+    }
+    c->Stop();
+  }
 }
 
 }  // namespace
