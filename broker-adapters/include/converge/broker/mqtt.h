@@ -56,8 +56,9 @@ struct MqttOptions {
   std::chrono::seconds reconnect_max{10};
   // Publisher: 1 (default) or 2. Source: the subscription QoS, 1 (default) or 2.
   int qos = 1;
-  // Publisher: at most this many PUBLISHes awaiting their PUBACK at once (below mosquitto's
-  // receive maximum, max_inflight_messages, 20 by default).
+  // Publisher: at most this many PUBLISHes awaiting their PUBACK at once. Keep it at or below
+  // the broker's receive maximum (mosquitto: max_inflight_messages, 20 by default): above it
+  // Paho C 1.3.12 sends the excess only once a second (broker-adapters/README.md).
   int max_inflight = 16;
   // Publisher: the MQTT topic of a message. "{topic}" is replaced by the outbox topic and
   // "{key}" by the key (Message::subject); a key containing '/', '+', '#' or NUL, or an empty
