@@ -1,4 +1,5 @@
-/* Compiled into every executable that links converge::broker, in ThreadSanitizer builds only
+/* ThreadSanitizer support for the uninstrumented Debian libraries (librdkafka, Paho). Compiled
+ * into every executable that links converge::broker, in ThreadSanitizer builds only
  * (CONVERGE_SANITIZE=thread; see broker-adapters/CMakeLists.txt).
  *
  * 1. librdkafka starts, joins and detaches its threads with C11 thrd_create/thrd_join/
