@@ -610,6 +610,16 @@ TEST_F(DevicesMqttTest, SimulatorRunsDevicesThatGoOfflineAndOnline) {
       << out.str();
 }
 
+// Device "d1" (password "d1-pw") of a standalone test broker at `url`.
+DeviceOptions D1(const std::string& url, std::chrono::milliseconds connect_timeout) {
+  DeviceOptions o;
+  o.url = url;
+  o.device_id = "d1";
+  o.password = "d1-pw";
+  o.connect_timeout = connect_timeout;
+  return o;
+}
+
 // The broker is stopped (SIGTERM) or killed (-9) and started again 12 times while a device
 // publishes telemetry without pause: after every restart the device reconnects by itself and
 // its publishes are acknowledged again within 20 s (the relay's Paho client once wedged after
@@ -618,11 +628,7 @@ TEST(DeviceClientRestartTest, PublishesAgainAfterEveryBrokerRestart) {
   MosquittoBroker broker(
       {.users = {{"d1", "d1-pw"}}, .acl = testing::DeviceAcl("relay", "ingest")});
   ASSERT_TRUE(broker.Start()) << broker.error();
-  DeviceOptions o;
-  o.url = broker.url();
-  o.device_id = "d1";
-  o.password = "d1-pw";
-  o.connect_timeout = 2000ms;
+  DeviceOptions o = D1(broker.url(), 2000ms);
   o.reconnect_max = 1000ms;
   o.publish_timeout = 2000ms;
   DeviceClient dev(o);
@@ -670,11 +676,7 @@ TEST(DeviceStateFileTest, ConnectionCounterGrowsAcrossRestartsEvenWhenTheClockIs
                           .persistence = false});
   ASSERT_TRUE(broker.Start()) << broker.error();
   const std::string state = ::testing::TempDir() + "device_state_" + std::to_string(::getpid());
-  DeviceOptions o;
-  o.url = broker.url();
-  o.device_id = "d1";
-  o.password = "d1-pw";
-  o.connect_timeout = 4000ms;
+  DeviceOptions o = D1(broker.url(), 4000ms);
   o.state_file = state;
   const int64_t ahead = 4'000'000'000'000;  // year 2096 in Unix ms
   std::ofstream(state) << "connection " << ahead << "\nreported 7\napplied 3\n";
@@ -700,11 +702,7 @@ TEST(DevicesTlsTest, DeviceConnectsOverTlsWithTheRightCaOnly) {
                           .persistence = false,
                           .tls_listener = true});
   ASSERT_TRUE(broker.Start()) << broker.error();
-  DeviceOptions o;
-  o.url = broker.tls_url();
-  o.device_id = "d1";
-  o.password = "d1-pw";
-  o.connect_timeout = 4000ms;
+  DeviceOptions o = D1(broker.tls_url(), 4000ms);
   o.tls.ca_file = broker.ca_file();
   {
     DeviceClient dev(o);
