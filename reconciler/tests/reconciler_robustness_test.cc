@@ -22,8 +22,8 @@
 
 #include <atomic>
 #include <cctype>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -455,15 +455,15 @@ TEST_F(ReconcilerRobustness, ClockJumps) {
   env["LD_PRELOAD"] = lib;
   env["FAKETIME_TIMESTAMP_FILE"] = stamp;
   env["FAKETIME_NO_CACHE"] = "1";
-  auto env_real_monotonic = env;
-  env_real_monotonic["FAKETIME_DONT_FAKE_MONOTONIC"] = "1";
-  // ThreadSanitizer builds: TSan cannot judge the process whose monotonic clock libfaketime
-  // fakes. libfaketime then interposes pthread_cond_init/timedwait ahead of TSan's interceptors
-  // (with known monotonic-condvar bugs, libfaketime #469), and TSan reports "double lock of a
-  // destroyed mutex" in Poco's NotificationQueue (the metrics server). The outcome checks below
-  // still apply; the real-monotonic reconciler stays under TSan. No effect in other builds.
+  // ThreadSanitizer builds: TSan cannot judge a process with libfaketime preloaded. libfaketime
+  // wraps pthread_cond_timedwait and calls the real one past TSan's interceptor, so TSan misses
+  // the mutex being released and retaken inside the wait and reports "double lock of a mutex"
+  // (seen in Poco's NotificationQueue and in Paho). The outcome checks below still apply; every
+  // other scenario runs the same processes under TSan. No effect in other builds.
   const char* tsan = std::getenv("TSAN_OPTIONS");
   env["TSAN_OPTIONS"] = std::string(tsan != nullptr ? tsan : "") + ":report_bugs=0";
+  auto env_real_monotonic = env;
+  env_real_monotonic["FAKETIME_DONT_FAKE_MONOTONIC"] = "1";
   StartWorkload(160, 8000ms);
   ChildProcess a, b;
   const int port = testing::FreeLoopbackPort();
