@@ -54,7 +54,9 @@ build_tree() {
 }
 
 # True when scripts/services.sh already runs PostgreSQL for this checkout (then a script that
-# did not start the services must not stop them).
+# did not start the services must not stop them). Not `grep -q`: it exits at the first line, and
+# under `set -o pipefail` the status command's SIGPIPE on its next lines made this false at
+# random, so a script stopped services it had not started.
 services_running() {
-  "$CONVERGE_ROOT/scripts/services.sh" status 2>/dev/null | grep -q '^postgresql  running'
+  "$CONVERGE_ROOT/scripts/services.sh" status 2>/dev/null | grep '^postgresql  running' >/dev/null
 }
