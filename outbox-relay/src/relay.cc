@@ -864,6 +864,12 @@ void Relay::Impl::LoopTarget(Target& t, bool owns_listener) {
         t.reconnect_attempt = 0;
       }
     }
+    // A batch that completed released its keys: rows a claim made while it was at the broker had
+    // to skip may be claimable now, so claim again before waiting. Without this, a backlog whose
+    // batches each cover every key (a claim during a publish found nothing) moved one batch per
+    // poll interval: measured over MQTT, 20,000 rows on 500 keys took 14.4 s, of which the relay
+    // worked 4.5 s.
+    const bool released_keys = !done.empty();
     done.clear();
     if (next && clock_->Monotonic() < t.breaker_until) next.reset();  // the breaker opened
     const size_t at_broker = count_flying();
@@ -883,7 +889,8 @@ void Relay::Impl::LoopTarget(Target& t, bool owns_listener) {
     if (at_broker > 0) {
       // With a backlog and no batch waiting, claim the next one at once; otherwise wait for
       // a publishing thread to finish (or, with one free, for rows to arrive).
-      if (next || !more_waiting) WaitWork(any_finished, options_.poll_interval);
+      if (next || (!more_waiting && !released_keys))
+        WaitWork(any_finished, options_.poll_interval);
       continue;
     }
     if (clock_->Monotonic() < t.breaker_until) {
@@ -891,7 +898,7 @@ void Relay::Impl::LoopTarget(Target& t, bool owns_listener) {
                                                                   clock_->Monotonic()));
       continue;
     }
-    if (more_waiting) continue;
+    if (more_waiting || released_keys) continue;
     WaitWork(nullptr, options_.poll_interval);
   }
   SetBusy(t, false);

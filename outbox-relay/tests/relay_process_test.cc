@@ -131,6 +131,31 @@ TEST(RelayProcessTest, MqttKeysAreCheckedAndThePasswordIsMasked) {
   EXPECT_NE(Slurp(log3).find("'#' must be the last level"), std::string::npos) << Slurp(log3);
 }
 
+// A backlog whose every batch covers every key: a claim made while a batch is at the broker
+// finds nothing (all keys are in flight). The relay must claim again as soon as that batch
+// completes, not when the poll interval (here 60 s) or a NOTIFY (none: the rows were committed
+// before it started) wakes it; before that fix 20 batches took 20 poll intervals.
+TEST(RelayProcessTest, BacklogOnFewKeysDrainsWithoutWaitingForThePollInterval) {
+  TestDatabase db;
+  ASSERT_TRUE(db.ok());
+  const std::string brokers = testing::RequireEnv("CONVERGE_KAFKA_BROKERS");
+  ASSERT_FALSE(brokers.empty());
+  db.Scalar(
+      "SELECT count(converge.enqueue('relay-process-backlog', 'k' || (g % 20), 't', "
+      "to_jsonb(g))) FROM generate_series(1, 2000) g");
+  ChildProcess p;
+  ASSERT_TRUE(p.Start(Relay(),
+                      {"--metrics.port=-1", "--relay.batch_size=100", "--relay.poll_interval=60s"},
+                      {{"CONVERGE_PG_URL", db.url()}, {"CONVERGE_KAFKA_BROKERS", brokers}},
+                      ::testing::TempDir() + "relay-process-backlog.log"));
+  for (int i = 0; i < 300 && db.Count("SELECT count(*) FROM converge.outbox") > 0; ++i)
+    std::this_thread::sleep_for(milliseconds(100));
+  EXPECT_EQ(db.Count("SELECT count(*) FROM converge.outbox"), 0)
+      << "the backlog did not drain in 30 s (one batch per 60 s poll interval?)";
+  ASSERT_TRUE(p.Signal(SIGTERM));
+  EXPECT_EQ(p.Wait(milliseconds(20000)), 0);
+}
+
 TEST(RelayProcessTest, BothTargetsRouteByTopicFilter) {
   TestDatabase db;
   ASSERT_TRUE(db.ok());
