@@ -2,6 +2,7 @@
 // faults over the control port, stop it with SIGTERM.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
@@ -19,6 +20,7 @@
 
 #include "converge/broker/kafka.h"
 #include "converge/broker/kafka_admin.h"
+#include "converge/broker/kafka_mock.h"
 #include "kafka_test_support.h"
 
 extern char** environ;
@@ -111,8 +113,8 @@ class DevKafkaProcess {
 TEST(DevKafkaTest, ControlPortInjectsFaultsSeenByThePublisher) {
   const std::filesystem::path bootstrap_file =
       std::filesystem::temp_directory_path() / (UniqueName("devkafka-bootstrap") + ".txt");
-  DevKafkaProcess devkafka({"--brokers", "2", "--partitions", "3", "--topic", "preset:5",
-                            "--topic", "defaulted", "--bootstrap-file", bootstrap_file.string(),
+  DevKafkaProcess devkafka({"--brokers", "2", "--partitions", "3", "--topic", "preset:5", "--topic",
+                            "defaulted", "--bootstrap-file", bootstrap_file.string(),
                             "--control-port", "0"});
   ASSERT_FALSE(devkafka.bootstrap.empty());
   ASSERT_GT(devkafka.control_port, 0);
@@ -160,6 +162,45 @@ TEST(DevKafkaTest, ControlPortInjectsFaultsSeenByThePublisher) {
 
   EXPECT_EQ(devkafka.Terminate(), 0);
   EXPECT_FALSE(std::filesystem::exists(bootstrap_file)) << "removed on clean shutdown";
+}
+
+// The mock cluster's broker connections have TCP_NODELAY, as a real Kafka broker's do (see
+// kafka_mock.cc: without it every produce round trip under load waited ~40 ms for a delayed
+// ACK). A client connects to an in-process mock broker; the accepted socket is found among
+// this process's descriptors (local port = the broker's, with a peer) and inspected.
+TEST(DevKafkaTest, MockBrokerConnectionsDisableNagle) {
+  auto cluster = converge::broker::KafkaMockCluster::Start(1);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  const std::string bootstrap = (*cluster)->bootstrap_servers();
+  const auto colon = bootstrap.rfind(':');
+  ASSERT_NE(colon, std::string::npos) << bootstrap;
+  const int port = std::stoi(bootstrap.substr(colon + 1));
+  const int client = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(client, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(client, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  int found = -1, nodelay = -1;
+  for (int attempt = 0; attempt < 100 && found < 0; ++attempt) {
+    for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+      const int fd = std::stoi(e.path().filename().string());
+      sockaddr_in local{}, peer{};
+      socklen_t ll = sizeof local, pl = sizeof peer;
+      if (fd == client || ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0 ||
+          local.sin_family != AF_INET || ntohs(local.sin_port) != port ||
+          ::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0)
+        continue;
+      socklen_t len = sizeof nodelay;
+      ASSERT_EQ(::getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, &len), 0);
+      found = fd;
+    }
+    if (found < 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ::close(client);
+  ASSERT_GE(found, 0) << "the mock broker's side of the connection was not found";
+  EXPECT_EQ(nodelay, 1) << "the mock broker accepted a connection with Nagle's algorithm on";
 }
 
 TEST(DevKafkaTest, RejectsBadFlags) {
