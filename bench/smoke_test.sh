@@ -15,13 +15,15 @@ cat "$out/result.json"
 fail=0
 for field in relay_kafka_vs_claim_delete relay_kafka_vs_naive relay_mqtt_vs_paho \
              consumer_batched_vs_ceiling consumer_single_vs_ceiling e2e_p99_ms_at_1000 \
+             relay_commit_to_confirm_p99_le_ms_at_1000 \
              relay_rss_mb relay_idle_cpu_percent notes; do
   grep -q "\"$field\": " "$out/result.json" || { echo "FAIL: field $field missing" >&2; fail=1; }
 done
 # Every ratio that can be measured here must be a positive number.
 for field in relay_kafka_vs_claim_delete relay_kafka_vs_naive relay_mqtt_vs_paho \
              consumer_batched_vs_ceiling \
-             consumer_single_vs_ceiling e2e_p99_ms_at_1000 relay_rss_mb; do
+             consumer_single_vs_ceiling e2e_p99_ms_at_1000 relay_rss_mb \
+             relay_commit_to_confirm_p99_le_ms_at_1000; do
   grep -Eq "\"$field\": [0-9]+\.[0-9]+" "$out/result.json" ||
     { echo "FAIL: $field is not a number" >&2; fail=1; }
 done

@@ -237,4 +237,64 @@ void CreateKafkaTopic(const std::string& control, const std::string& topic, int 
                      (reply.empty() ? "no reply" : reply));
 }
 
+int FreeLoopbackPort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    if (fd >= 0) ::close(fd);
+    throw BenchError("no free loopback port");
+  }
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::string HttpGetLocal(int port, const std::string& path) {
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    if (fd >= 0) ::close(fd);
+    throw BenchError("http://127.0.0.1:" + std::to_string(port) + path + " is not reachable");
+  }
+  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+  std::string resp;
+  if (::write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
+    char buf[4096];
+    for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;)
+      resp.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  const auto body = resp.find("\r\n\r\n");
+  if (resp.rfind("HTTP/1.", 0) != 0 || body == std::string::npos)
+    throw BenchError("GET " + path + ": no HTTP response");
+  return resp.substr(body + 4);
+}
+
+std::optional<double> HistogramQuantileBound(const std::string& metrics, const std::string& name,
+                                             double q) {
+  std::vector<std::pair<double, double>> buckets;  // (le, cumulative count)
+  std::istringstream in(metrics);
+  const std::string prefix = name + "_bucket{";
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(prefix, 0) != 0) continue;
+    const auto le = line.find("le=\"");
+    const auto close = line.find("\"}", le);
+    if (le == std::string::npos || close == std::string::npos) continue;
+    const std::string bound = line.substr(le + 4, close - le - 4);
+    const double count = std::stod(line.substr(close + 2));
+    buckets.emplace_back(bound == "+Inf" ? HUGE_VAL : std::stod(bound), count);
+  }
+  if (buckets.empty() || buckets.back().second <= 0) return std::nullopt;
+  const double want = q * buckets.back().second;
+  for (const auto& [le, count] : buckets)
+    if (count >= want) return le;
+  return std::nullopt;
+}
+
 }  // namespace converge::bench

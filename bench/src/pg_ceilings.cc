@@ -101,8 +101,9 @@ ConsumerCeilings MeasureConsumerCeilings(const BenchDatabase& db, long batched_r
   const std::string payload = "{\"n\":1,\"pad\":\"" + std::string(100, 'x') + "\"}";
   // Called once per round: carry on after the previous round's dedupe rows.
   long offset = pqxx::nontransaction(*conn)
-                    .exec1("SELECT coalesce(max(\"offset\") + 1, 0) FROM converge.inbox WHERE "
-                           "consumer_group = 'ceiling'")[0]
+                    .exec1(
+                        "SELECT coalesce(max(\"offset\") + 1, 0) FROM converge.inbox WHERE "
+                        "consumer_group = 'ceiling'")[0]
                     .as<long>();
   auto run = [&](long rows, int per_commit) {
     const auto start = Clock::now();
