@@ -59,15 +59,20 @@ SELECT o.id, o.message_id::text, o.topic, o.key, o.seq, o.slot, o.type, o.source
 // The common outcome (every row confirmed, none of them clearing a retry block) in one
 // statement: the fence (the slots this relay still holds, share-locked against takeover until
 // the statement ends) and the delete of the rows of those slots. Returns the rows deleted and
-// the rows fenced (slot no longer held).
+// the rows fenced (slot no longer held). The held slots are tested as one array, not as
+// `slot IN (SELECT ...)`: with relay_slots' statistics from before the leases (owner NULL) the
+// planner expected one held slot and joined each deleted row against a rescan of them, 135 ms
+// per 1,000-row delete in the benchmark (EXPLAIN ANALYZE: 18 ms vs 3 ms on a small cluster).
 constexpr const char* kDeleteConfirmedSql = R"sql(
 WITH valid AS (SELECT slot FROM converge.relay_slots
                 WHERE owner = $1 AND lease_until > now() FOR SHARE),
+     held AS (SELECT coalesce(array_agg(slot), '{}') AS slots FROM valid),
      del AS (DELETE FROM converge.outbox
-              WHERE id = ANY($2::bigint[]) AND slot IN (SELECT slot FROM valid) RETURNING 1)
+              WHERE id = ANY($2::bigint[])
+                AND slot = ANY((SELECT slots FROM held)::smallint[]) RETURNING 1)
 SELECT (SELECT count(*) FROM del),
        (SELECT count(*) FROM unnest($3::smallint[]) AS s(slot)
-         WHERE s.slot NOT IN (SELECT slot FROM valid))
+         WHERE NOT s.slot = ANY((SELECT slots FROM held)::smallint[]))
 )sql";
 
 }  // namespace
