@@ -237,45 +237,6 @@ void CreateKafkaTopic(const std::string& control, const std::string& topic, int 
                      (reply.empty() ? "no reply" : reply));
 }
 
-int FreeLoopbackPort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    if (fd >= 0) ::close(fd);
-    throw BenchError("no free loopback port");
-  }
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
-std::string HttpGetLocal(int port, const std::string& path) {
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    if (fd >= 0) ::close(fd);
-    throw BenchError("http://127.0.0.1:" + std::to_string(port) + path + " is not reachable");
-  }
-  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-  std::string resp;
-  if (::write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
-    char buf[4096];
-    for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;)
-      resp.append(buf, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  const auto body = resp.find("\r\n\r\n");
-  if (resp.rfind("HTTP/1.", 0) != 0 || body == std::string::npos)
-    throw BenchError("GET " + path + ": no HTTP response");
-  return resp.substr(body + 4);
-}
-
 std::optional<double> HistogramQuantileBound(const std::string& metrics, const std::string& name,
                                              double q) {
   std::vector<std::pair<double, double>> buckets;  // (le, cumulative count)

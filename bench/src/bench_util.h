@@ -91,10 +91,6 @@ namespace converge::bench {
 // (CONVERGE_KAFKA_CONTROL, host:port) so that no measurement pays for topic auto-creation.
 void CreateKafkaTopic(const std::string& control, const std::string& topic, int partitions);
 
-// A loopback TCP port free right now (bound to port 0 and released).
-int FreeLoopbackPort();
-// The body of GET http://127.0.0.1:<port><path> (HTTP/1.0); throws BenchError when unreachable.
-std::string HttpGetLocal(int port, const std::string& path);
 // From Prometheus text: the upper bound (`le`, in the metric's unit) of the first bucket of
 // histogram `name` holding at least fraction q of its observations; nullopt when absent or empty.
 std::optional<double> HistogramQuantileBound(const std::string& metrics, const std::string& name,

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -94,8 +95,8 @@ struct LatencyResult {
   std::vector<Stage> stages;
   // Outbox insert → broker confirmation, from the relay's own histogram
   // (converge_relay_commit_to_confirm_seconds, buckets 1, 2, 4 ... ms): the upper bound of the
-  // bucket holding the 50th / 99th percentile; -1 when not scraped.
-  double confirm_p50_le_ms = -1, confirm_p99_le_ms = -1;
+  // bucket holding the 50th / 99th percentile; empty when not scraped.
+  std::optional<double> confirm_p50_le_ms, confirm_p99_le_ms;
 };
 // Writers commit outbox rows (converge::outbox::EnqueueMany, max(1, rate/200) rows per
 // transaction) at `rate` rows per second for `seconds`; one

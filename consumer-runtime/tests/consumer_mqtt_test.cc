@@ -128,9 +128,7 @@ struct Rig {
 TEST(ConsumerMqtt, KilledBetweenCommitAndPubackThenRedeliveredAndSkippedAsDuplicate) {
   Rig rig;
   ASSERT_TRUE(rig.Start()) << rig.error;
-  auto& db = rig.db;
-  auto& broker = rig.broker;
-  const std::string& client = rig.client;
+  auto& [db, broker, client, error] = rig;
 
   // 1. A consumer that dies right after committing message A, before Ack (PUBACK held).
   //    It runs once first without the message so that its session and subscription exist.
@@ -185,9 +183,7 @@ TEST(ConsumerMqtt, KilledBetweenCommitAndPubackThenRedeliveredAndSkippedAsDuplic
 TEST(ConsumerMqtt, StopWithAHeldUncommittedMessageDoesNotAckIt) {
   Rig rig;
   ASSERT_TRUE(rig.Start()) << rig.error;
-  auto& db = rig.db;
-  auto& broker = rig.broker;
-  const std::string& client = rig.client;
+  auto& [db, broker, client, error] = rig;
   {
     // A source whose records are never committed: poll, then close without Ack.
     broker::MqttOptions o;
@@ -231,9 +227,7 @@ TEST(ConsumerMqtt, BrokerKilledAndRestartedMidStreamEveryMessageAppliedOnce) {
   // Save after every change, so what the broker acknowledged survives its kill -9.
   Rig rig("autosave_on_changes true\n");
   ASSERT_TRUE(rig.Start()) << rig.error;
-  auto& db = rig.db;
-  auto& broker = rig.broker;
-  const std::string& client = rig.client;
+  auto& [db, broker, client, error] = rig;
   auto c = MakeConsumer(db.url(), broker.url(), client);
   ASSERT_NE(c, nullptr);
   ASSERT_TRUE(c->Start().ok());
@@ -275,9 +269,7 @@ TEST(ConsumerMqtt, BrokerKilledAndRestartedMidStreamEveryMessageAppliedOnce) {
 TEST(ConsumerMqtt, HandlerSlowerThanTheKeepaliveIsCutOffAndDeadLetteredNotLooped) {
   Rig rig;
   ASSERT_TRUE(rig.Start()) << rig.error;
-  auto& db = rig.db;
-  auto& broker = rig.broker;
-  const std::string& client = rig.client;
+  auto& [db, broker, client, error] = rig;
   auto c =
       MakeConsumer(db.url(), broker.url(), client, [](broker::MqttOptions& o, ConsumerOptions& co) {
         o.keep_alive = seconds(2);  // bound: 1 s; mosquitto drops after 3 s

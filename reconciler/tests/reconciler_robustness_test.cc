@@ -434,16 +434,10 @@ TEST_F(ReconcilerRobustness, ThreeReconcilersAtOnce) {
 // designed, and the sweeps keep running after the monotonic clock stepped back.
 TEST_F(ReconcilerRobustness, ClockJumps) {
   scenario_ = "clock_jump";
-  const std::string lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-  ASSERT_EQ(::access(lib.c_str(), R_OK), 0) << lib << " missing: apt-get install faketime";
-  const std::string stamp =
-      robustness::ResultsDir() + "/logs/reconciler-faketime-" + std::to_string(::getpid()) + ".rc";
-  auto set_offset = [&](const std::string& offset) {
-    const std::string tmp = stamp + ".tmp";
-    std::ofstream(tmp) << offset << "\n";
-    std::rename(tmp.c_str(), stamp.c_str());  // atomic: a reader sees the old or the new
-  };
-  set_offset("+1h");
+  robustness::FakeHostClock host_clock(robustness::ResultsDir() + "/logs/reconciler-faketime-" +
+                                       std::to_string(::getpid()) + ".rc");
+  ASSERT_TRUE(host_clock.ok()) << host_clock.error;
+  host_clock.Set("+1h");
   const std::string ahead_hour = pqxx::nontransaction(*conn_)
                                      .exec1(
                                          "SELECT to_char((now() + interval '1 hour') AT TIME "
@@ -452,18 +446,9 @@ TEST_F(ReconcilerRobustness, ClockJumps) {
   robustness::FaultLog faults;
   std::remove(LogPath().c_str());
   auto env = Env();
-  env["LD_PRELOAD"] = lib;
-  env["FAKETIME_TIMESTAMP_FILE"] = stamp;
-  env["FAKETIME_NO_CACHE"] = "1";
-  // ThreadSanitizer builds: TSan cannot judge a process with libfaketime preloaded. libfaketime
-  // wraps pthread_cond_timedwait and calls the real one past TSan's interceptor, so TSan misses
-  // the mutex being released and retaken inside the wait and reports "double lock of a mutex"
-  // (seen in Poco's NotificationQueue and in Paho). The outcome checks below still apply; every
-  // other scenario runs the same processes under TSan. No effect in other builds.
-  const char* tsan = std::getenv("TSAN_OPTIONS");
-  env["TSAN_OPTIONS"] = std::string(tsan != nullptr ? tsan : "") + ":report_bugs=0";
-  auto env_real_monotonic = env;
-  env_real_monotonic["FAKETIME_DONT_FAKE_MONOTONIC"] = "1";
+  auto env_real_monotonic = Env();
+  for (const auto& [k, v] : host_clock.Env(/*fake_monotonic=*/true)) env[k] = v;
+  for (const auto& [k, v] : host_clock.Env(/*fake_monotonic=*/false)) env_real_monotonic[k] = v;
   StartWorkload(160, 8000ms);
   ChildProcess a, b;
   const int port = testing::FreeLoopbackPort();
@@ -473,7 +458,7 @@ TEST_F(ReconcilerRobustness, ClockJumps) {
   ASSERT_TRUE(b.Start(Reconciler(), Args("real-monotonic"), env_real_monotonic, LogPath()));
   faults.Add("two reconcilers with the host clock +1h");
   std::this_thread::sleep_for(6s);
-  set_offset("-1h");
+  host_clock.Set("-1h");
   faults.Add("host clock jumps to -1h (two hours back)");
   // The reconciler whose monotonic clock stepped back two hours keeps sweeping devices (every
   // 100 ms): its periodic tasks are due again when the clock reads earlier than their last run.
@@ -497,7 +482,6 @@ TEST_F(ReconcilerRobustness, ClockJumps) {
   EXPECT_EQ(a.Wait(10000ms), 0);
   EXPECT_EQ(b.Wait(10000ms), 0);
   StopWorkload();
-  std::remove(stamp.c_str());
   robustness::History h;
   h.extra = h_extra_;
   if (!settled) h.failures.push_back("flows not settled within 45 s");

@@ -339,6 +339,36 @@ int64_t Unsettled(const std::string& db_url, const std::string& group) {
   }
 }
 
+namespace {
+constexpr const char* kFaketimeLib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+}  // namespace
+
+FakeHostClock::FakeHostClock(std::string stamp_file) : stamp_(std::move(stamp_file)) {
+  if (::access(kFaketimeLib, R_OK) != 0)
+    error = std::string(kFaketimeLib) + " missing: apt-get install faketime";
+  std::filesystem::create_directories(std::filesystem::path(stamp_).parent_path());
+  Set("+0");
+}
+
+FakeHostClock::~FakeHostClock() { std::remove(stamp_.c_str()); }
+
+void FakeHostClock::Set(const std::string& offset) const {
+  const std::string tmp = stamp_ + ".tmp";
+  std::ofstream(tmp) << offset << "\n";
+  std::rename(tmp.c_str(), stamp_.c_str());
+}
+
+std::map<std::string, std::string> FakeHostClock::Env(bool fake_monotonic) const {
+  const char* tsan = std::getenv("TSAN_OPTIONS");
+  std::map<std::string, std::string> env = {
+      {"LD_PRELOAD", kFaketimeLib},
+      {"FAKETIME_TIMESTAMP_FILE", stamp_},
+      {"FAKETIME_NO_CACHE", "1"},
+      {"TSAN_OPTIONS", std::string(tsan != nullptr ? tsan : "") + ":report_bugs=0"}};
+  if (!fake_monotonic) env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1";
+  return env;
+}
+
 std::string DescribeUnsettled(const std::string& db_url, const std::string& group) {
   // Where the unsettled healthy messages are: still in the outbox (and why the relay does not
   // take them), or gone from it (published) without an effect (the consumer side).

@@ -168,6 +168,32 @@ struct CheckOptions {
 // relay and not parked; plus poison messages not yet dead-lettered. -1 when PostgreSQL is
 // unreachable.
 int64_t Unsettled(const std::string& db_url, const std::string& group);
+// A host clock that can be stepped for child processes: libfaketime preloaded with a timestamp
+// file re-read on every call (FAKETIME_NO_CACHE). Ok() is false (with `error`) when libfaketime
+// is not installed.
+class FakeHostClock {
+ public:
+  explicit FakeHostClock(std::string stamp_file);
+  ~FakeHostClock();
+  bool ok() const { return error.empty(); }
+  // Steps the clock of every process started with Env() to `offset` ("+1h", "-1d", "+0").
+  // Atomic: a process reads the old or the new offset.
+  void Set(const std::string& offset) const;
+  // The environment for a child process. `fake_monotonic` false: only CLOCK_REALTIME moves.
+  // ThreadSanitizer builds: TSan cannot judge such a process. libfaketime's
+  // pthread_cond_timedwait wrapper calls the real function past TSan's interceptor, so TSan
+  // misses the mutex being released and retaken inside the wait and reports a "double lock"
+  // (seen in Paho and in Poco's NotificationQueue); the environment therefore turns TSan's
+  // reports off (report_bugs=0; no effect in other builds). The callers' outcome checks still
+  // apply, and every other scenario runs the same binaries under TSan.
+  std::map<std::string, std::string> Env(bool fake_monotonic) const;
+
+  std::string error;
+
+ private:
+  const std::string stamp_;
+};
+
 // A readable account of where the unsettled messages are (outbox and leases, or published and
 // not applied) and of the consumer's offsets, for a scenario that did not drain.
 std::string DescribeUnsettled(const std::string& db_url, const std::string& group);

@@ -509,26 +509,9 @@ TEST_F(Pipeline, KafkaBrokerDown) {
 // whole run at +1 h). That is an artifact of faking the clock in one process only; on a real
 // host the kernel's deadline moves with the clock.
 TEST_F(Pipeline, HostClockJumps) {
-  const std::string lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-  ASSERT_EQ(::access(lib.c_str(), R_OK), 0) << lib << " missing: apt-get install faketime";
-  const std::string stamp = ResultsDir() + "/logs/clock_jumps-faketime.rc";
-  std::filesystem::create_directories(ResultsDir() + "/logs");
-  auto set_offset = [&](const std::string& offset) {
-    const std::string tmp = stamp + ".tmp";
-    std::ofstream(tmp) << offset << "\n";
-    std::rename(tmp.c_str(), stamp.c_str());  // atomic: a reader sees the old or the new
-  };
-  set_offset("+0");
-  // ThreadSanitizer builds: TSan cannot judge a process with libfaketime preloaded (its
-  // pthread_cond_timedwait wrapper calls the real one past TSan's interceptor, and TSan reports a
-  // "double lock" of the mutex Paho waits with); every other scenario runs the relay and the
-  // consumer under TSan. No effect in other builds.
-  const char* tsan = std::getenv("TSAN_OPTIONS");
-  process_env_ = {{"LD_PRELOAD", lib},
-                  {"FAKETIME_TIMESTAMP_FILE", stamp},
-                  {"FAKETIME_NO_CACHE", "1"},
-                  {"FAKETIME_DONT_FAKE_MONOTONIC", "1"},
-                  {"TSAN_OPTIONS", std::string(tsan != nullptr ? tsan : "") + ":report_bugs=0"}};
+  FakeHostClock host_clock(ResultsDir() + "/logs/clock_jumps-faketime.rc");
+  ASSERT_TRUE(host_clock.ok()) << host_clock.error;
+  process_env_ = host_clock.Env(/*fake_monotonic=*/false);
   testing::MosquittoBroker mosquitto({.extra = "max_queued_messages 1000000\n"});
   ASSERT_TRUE(mosquitto.Start()) << mosquitto.error();
   // --log.level=debug: a line per batch, so the log shows the clock the relay ran on.
@@ -555,12 +538,12 @@ TEST_F(Pipeline, HostClockJumps) {
                            "'YYYY-MM-DD\"T\"HH24')")[0]
                        .c_str();
     }
-    set_offset(offset);
+    host_clock.Set(offset);
     faults_.Add("host clock of relay and consumer steps to " + offset);
     // Let both processes act on the new clock for a while.
     SupervisedSleep(milliseconds(1500 + rng_() % 1000));
   });
-  set_offset("+0");
+  host_clock.Set("+0");
   Finish(w);
   std::ifstream in(ResultsDir() + "/logs/clock_jumps-relay.log");
   const std::string log((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -568,7 +551,6 @@ TEST_F(Pipeline, HostClockJumps) {
     EXPECT_NE(log.find("ts=" + ahead_hour), std::string::npos)
         << "no relay log line stamped " << ahead_hour << ": libfaketime did not take effect";
   }
-  std::remove(stamp.c_str());
 }
 
 // Retriable produce errors (disconnects, NOT_LEADER, timeouts) and slow acks (RTT).
