@@ -16,9 +16,10 @@ namespace {
 // order, so the ceiling reads what the relay reads.
 constexpr const char* kClaimSql = R"sql(
 SELECT o.id, o.message_id::text, o.topic, o.key, o.seq, o.slot, o.type, o.source, o.payload,
-       (SELECT string_agg(encode(convert_to(h.key, 'UTF8'), 'hex') || ':' ||
-                          encode(convert_to(h.value, 'UTF8'), 'hex'), ',')
-          FROM jsonb_each_text(o.headers) h),
+       CASE WHEN o.headers <> '{}' THEN
+         (SELECT string_agg(encode(convert_to(h.key, 'UTF8'), 'hex') || ':' ||
+                            encode(convert_to(h.value, 'UTF8'), 'hex'), ',')
+            FROM jsonb_each_text(o.headers) h) END,
        o.content_type, o.traceparent,
        (extract(epoch FROM o.created_at) * 1000)::bigint,
        (extract(epoch FROM o.expires_at) * 1000)::bigint,

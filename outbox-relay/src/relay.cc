@@ -908,7 +908,10 @@ Status Relay::Impl::Run() {
   CONVERGE_RETURN_IF_ERROR(options_.Validate());
   CONVERGE_RETURN_IF_ERROR(targets_status_);
   std::string names;
-  for (const auto& t : targets_) names += (names.empty() ? "" : ",") + t->publisher->Name();
+  for (const auto& t : targets_) {
+    if (!names.empty()) names += ',';
+    names += t->publisher->Name();
+  }
   log_.Log(Level::kInfo, "relay starting",
            {{"instance", instance_id_},
             {"broker", names},

@@ -113,6 +113,39 @@ TEST(RelayKafkaTest, AllRowsArriveWithCloudEventsHeadersInKeyOrder) {
   f.CheckBroker(500);
 }
 
+// The claim reads a row's headers only when it has some (the aggregate is skipped for '{}'):
+// both kinds of row arrive, the headers byte for byte, and a row without headers gets none.
+TEST(RelayKafkaTest, RowHeadersArriveAndRowsWithoutHeadersGetNone) {
+  Fixture f;
+  ASSERT_TRUE(f.db.ok() && f.kafka);
+  {
+    auto c = f.db.Connect();
+    pqxx::work tx(*c);
+    tx.exec_params(
+        "SELECT converge.enqueue($1, 'with', 'test.event', '{}'::jsonb, "
+        "jsonb_build_object('x-tenant', $2::text, 'x-y', 'z'))",
+        f.topic, "a\"b\\c \xc3\xa9,:");
+    tx.exec_params("SELECT converge.enqueue($1, 'without', 'test.event', '{}'::jsonb)", f.topic);
+    tx.commit();
+  }
+  auto relay = f.MakeRelay();
+  f.DrainWith(*relay);
+  EXPECT_EQ(f.db.Count("SELECT count(*) FROM converge.outbox"), 0);
+  auto records = broker::ReadAll(f.kafka->bootstrap_servers(), f.topic, milliseconds(20000));
+  ASSERT_TRUE(records.ok()) << records.status();
+  ASSERT_EQ(records->size(), 2u);
+  for (const auto& r : *records) {
+    if (r.key == "with") {
+      EXPECT_EQ(Header(r, "x-tenant"), "a\"b\\c \xc3\xa9,:");
+      EXPECT_EQ(Header(r, "x-y"), "z");
+    } else {
+      EXPECT_EQ(r.key, "without");
+      for (const auto& [k, v] : r.headers)
+        EXPECT_TRUE(k == "content-type" || k.rfind("ce_", 0) == 0) << "unexpected header " << k;
+    }
+  }
+}
+
 TEST(RelayKafkaTest, BrokerDownLongerThanMessageTimeoutLosesNothing) {
   Fixture f;
   ASSERT_TRUE(f.db.ok() && f.kafka);
