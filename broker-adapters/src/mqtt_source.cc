@@ -286,21 +286,36 @@ class SourceImpl {
       filters_ = topics;
       listener_ = listener;
       assigned_ = false;
+      // A repeated Subscribe (the consumer retries its start when the first connect timed out,
+      // and that connect may still complete in the background) must not free listeners that
+      // OnConnected may have handed to Paho meanwhile: they stay alive with the source.
+      for (auto& l : sub_listeners_) retired_listeners_.push_back(std::move(l));
       sub_listeners_.clear();
       for (const auto& t : topics)
         sub_listeners_.push_back(std::make_unique<SubscribeListener>(
             log_, o_.shared_group.empty() ? t : "$share/" + o_.shared_group + "/" + t, o_.qos));
     }
-    cli_->set_connected_handler([this](const std::string&) {
-      connected_.store(true);
-      OnConnected();
-    });
-    cli_->set_connection_lost_handler([this](const std::string&) {
-      connected_.store(false);
-      log_.LogEvery("mqtt.lost", std::chrono::seconds(10), Level::kWarn,
-                    "mqtt connection lost; reconnecting", {{"url", o_.url}});
-    });
-    cli_->set_message_callback([this](::mqtt::const_message_ptr m) { OnMessage(m); });
+    // The callbacks are installed once: Paho C refuses to replace them (-1) while a connect
+    // that timed out in an earlier Subscribe is still under way. They read filters_ and
+    // listener_ under mu_, so a repeated Subscribe needs only the members above.
+    if (!callbacks_set_) {
+      try {
+        cli_->set_connected_handler([this](const std::string&) {
+          connected_.store(true);
+          OnConnected();
+        });
+        cli_->set_connection_lost_handler([this](const std::string&) {
+          connected_.store(false);
+          log_.LogEvery("mqtt.lost", std::chrono::seconds(10), Level::kWarn,
+                        "mqtt connection lost; reconnecting", {{"url", o_.url}});
+        });
+        cli_->set_message_callback([this](::mqtt::const_message_ptr m) { OnMessage(m); });
+      } catch (const ::mqtt::exception& e) {
+        return Status::Internal("mqtt source: could not install the client callbacks: " +
+                                mqtt_internal::Describe(e));
+      }
+      callbacks_set_ = true;
+    }
     return Connect(milliseconds(o_.connect_timeout));
   }
 
@@ -538,6 +553,8 @@ class SourceImpl {
   // One per filter (guarded by mu_). Declared before the client so that they outlive it: Paho
   // keeps a reference in each subscribe token.
   std::vector<std::unique_ptr<SubscribeListener>> sub_listeners_;
+  std::vector<std::unique_ptr<SubscribeListener>> retired_listeners_;  // see Subscribe()
+  bool callbacks_set_ = false;                                         // Subscribe()'s thread only
   MqttOptions o_;
   std::unique_ptr<::mqtt::async_client> cli_;
   ::mqtt::token_ptr connect_tok_;

@@ -505,6 +505,36 @@ TEST(MqttSource, ResubscribesAfterBrokerKillAndRestart) {
   (*shared)->Close();
 }
 
+// The consumer runtime retries its start when Subscribe fails (broker not up yet): a second
+// Subscribe on the same source must connect, subscribe and deliver.
+TEST(MqttSource, SubscribeAgainAfterTheBrokerCameUp) {
+  MosquittoConfig cfg = AuthConfig();
+  MosquittoBroker broker(cfg);
+  ASSERT_TRUE(broker.Start()) << broker.error();
+  broker.Kill();
+  NoopListener l;
+  MqttOptions so = SourceOptionsFor(broker, "consumer-retry");
+  so.connect_timeout = seconds(1);
+  auto source = MakeMqttSource(so);
+  ASSERT_TRUE(source.ok());
+  Status first = (*source)->Subscribe({"dev/+/evt"}, &l);
+  EXPECT_EQ(first.code(), StatusCode::kUnavailable) << first;
+  ASSERT_TRUE(broker.Start()) << broker.error();
+  Status again = Status::Unavailable("not tried");
+  for (int i = 0; i < 10 && !again.ok(); ++i) again = (*source)->Subscribe({"dev/+/evt"}, &l);
+  ASSERT_TRUE(again.ok()) << again;
+  const std::string id = NewUuidV7().ToString();
+  std::vector<ReceivedRecord> recs;
+  for (int i = 0; i < 20 && recs.empty(); ++i) {
+    ASSERT_TRUE(PublishEvent(broker, "dev/d7/evt", id));
+    recs = PollUntil(**source, 1, milliseconds(500));
+  }
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(DecodeMqttRecord(recs[0])->id, id);
+  (*source)->Ack(recs);
+  (*source)->Close();
+}
+
 // Repeated broker restarts and crashes while a relay-like loop publishes: after every restart the
 // publisher must deliver again (CI once saw it refuse every batch after a graceful restart while
 // Paho reported itself connected).

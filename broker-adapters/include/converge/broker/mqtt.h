@@ -88,7 +88,9 @@ Result<std::unique_ptr<Publisher>> MakeMqttPublisher(const MqttOptions& options)
 // "partition" for the runtime: records carry topic = the filter they matched (the first in
 // Subscribe() order), partition 0, key = the PUBLISH topic name, offset = a counter that only
 // grows, also across restarts (it starts above every offset the runtime returns from
-// OnAssigned or passes to Seek). Decode records with DecodeMqttRecord.
+// OnAssigned or passes to Seek). Decode records with DecodeMqttRecord. When Subscribe() returns
+// kUnavailable (the broker did not answer within connect_timeout) it may be called again; the
+// first connect attempt may still complete meanwhile.
 Result<std::unique_ptr<MessageSource>> MakeMqttSource(const MqttOptions& options);
 
 // Decodes a record from the MQTT source (binary mode via the user properties, structured mode
