@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <map>
-#include <tuple>
 #include <random>
+#include <tuple>
 
 #include "kafka_config.h"
 #include "kafka_errors.h"
@@ -68,7 +68,8 @@ Result<std::vector<ReceivedRecord>> ReadAll(const std::string& bootstrap_servers
                                             const std::map<std::string, std::string>& properties) {
   const Clock::time_point deadline = Clock::now() + timeout;
   CONVERGE_ASSIGN_OR_RETURN(internal::KafkaHandle rk, NewReader(bootstrap_servers, properties));
-  CONVERGE_ASSIGN_OR_RETURN(int partitions, CountPartitions(rk.get(), topic, RemainingMs(deadline)));
+  CONVERGE_ASSIGN_OR_RETURN(int partitions,
+                            CountPartitions(rk.get(), topic, RemainingMs(deadline)));
 
   // partition → the high watermark to read up to.
   std::map<int32_t, int64_t> want;

@@ -41,7 +41,8 @@ Status KafkaOptions::Validate() const {
     if (it->second != "all" && it->second != "-1") {
       return Status::InvalidArgument(
           "kafka property \"acks\": must be \"all\" (Publisher's OK means every in-sync replica "
-          "has the message), got \"" + it->second + "\"");
+          "has the message), got \"" +
+          it->second + "\"");
     }
   }
   return Status::Ok();
@@ -61,7 +62,8 @@ Status KafkaSourceOptions::Validate() const {
     if (it != properties.end() && it->second != "false") {
       return Status::InvalidArgument(std::string("kafka property \"") + name +
                                      "\": must be \"false\" (offsets are stored with the "
-                                     "consumer's own transaction), got \"" + it->second + "\"");
+                                     "consumer's own transaction), got \"" +
+                                     it->second + "\"");
     }
   }
   return Status::Ok();

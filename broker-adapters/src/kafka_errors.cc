@@ -42,13 +42,13 @@ bool IsPermanentProduceError(rd_kafka_resp_err_t err) {
 }
 
 bool IsUnknownTopicError(rd_kafka_resp_err_t err) {
-  return err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC ||
-         err == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION;
+  return err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+         err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC || err == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION;
 }
 
 bool IsSecretProperty(std::string_view name) {
-  static constexpr std::string_view kMarkers[] = {"password", "secret", "pem",  "ssl.key",
-                                                  "token",    "oauthbearer.config"};
+  static constexpr std::string_view kMarkers[] = {"password", "secret", "pem",
+                                                  "ssl.key",  "token",  "oauthbearer.config"};
   std::string lower(name);
   std::transform(lower.begin(), lower.end(), lower.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });

@@ -45,7 +45,8 @@ namespace {
 
 Status MockStatus(rd_kafka_resp_err_t err, std::string_view what) {
   if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return Status::Ok();
-  std::string msg = std::string(what) + ": " + rd_kafka_err2name(err) + ": " + rd_kafka_err2str(err);
+  std::string msg =
+      std::string(what) + ": " + rd_kafka_err2name(err) + ": " + rd_kafka_err2str(err);
   switch (err) {
     case RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS:
       return Status::AlreadyExists(std::move(msg));
@@ -94,9 +95,9 @@ Status KafkaMockCluster::CreateTopic(const std::string& topic, int partitions,
     return Status::InvalidArgument("replication factor must be between 1 and " +
                                    std::to_string(impl_->brokers));
   }
-  return MockStatus(rd_kafka_mock_topic_create(impl_->mock.get(), topic.c_str(), partitions,
-                                               replication_factor),
-                    "create topic " + topic);
+  return MockStatus(
+      rd_kafka_mock_topic_create(impl_->mock.get(), topic.c_str(), partitions, replication_factor),
+      "create topic " + topic);
 }
 
 Status KafkaMockCluster::SetBrokerDown(int32_t broker_id) {
@@ -123,8 +124,7 @@ Status KafkaMockCluster::PushRequestErrors(int16_t api_key, int count,
   if (count < 1) return Status::InvalidArgument("count must be at least 1");
   CONVERGE_ASSIGN_OR_RETURN(rd_kafka_resp_err_t err, internal::ParseKafkaError(error_name));
   std::vector<rd_kafka_resp_err_t> errors(static_cast<size_t>(count), err);
-  rd_kafka_mock_push_request_errors_array(impl_->mock.get(), api_key, errors.size(),
-                                          errors.data());
+  rd_kafka_mock_push_request_errors_array(impl_->mock.get(), api_key, errors.size(), errors.data());
   return Status::Ok();
 }
 

@@ -152,8 +152,8 @@ Status KafkaPublisher::ProduceOne(const Message& message, uint64_t token,
   if (!encoded.ok()) return encoded.status().WithContext("kafka envelope");
   KafkaHeaders headers(rd_kafka_headers_new(encoded->size()));
   for (const auto& [name, value] : *encoded) {
-    rd_kafka_header_add(headers.get(), name.data(), static_cast<ssize_t>(name.size()),
-                        value.data(), static_cast<ssize_t>(value.size()));
+    rd_kafka_header_add(headers.get(), name.data(), static_cast<ssize_t>(name.size()), value.data(),
+                        static_cast<ssize_t>(value.size()));
   }
   const std::optional<std::string> key = KafkaKey(message);  // the subject, or no key
   const void* key_data = key ? key->data() : nullptr;
@@ -170,8 +170,7 @@ Status KafkaPublisher::ProduceOne(const Message& message, uint64_t token,
         RD_KAFKA_V_KEY(key_data, key_size),
         RD_KAFKA_V_VALUE(const_cast<char*>(message.payload.data()), message.payload.size()),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(headers.get()),
-        RD_KAFKA_V_OPAQUE(reinterpret_cast<void*>(static_cast<uintptr_t>(token))),
-        RD_KAFKA_V_END);
+        RD_KAFKA_V_OPAQUE(reinterpret_cast<void*>(static_cast<uintptr_t>(token))), RD_KAFKA_V_END);
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
       // rd_kafka_producev succeeded and now owns the headers.
       headers.release();
@@ -256,7 +255,8 @@ Status KafkaPublisher::CheckConnected(std::chrono::milliseconds timeout) {
   if (!producer_) CONVERGE_RETURN_IF_ERROR(CreateProducerLocked().WithContext("kafka producer"));
   const rd_kafka_metadata_t* raw = nullptr;
   // all_topics=0, no topic: asks one broker for the broker list only.
-  rd_kafka_resp_err_t err = rd_kafka_metadata(producer_.get(), 0, nullptr, &raw, ClampMillis(timeout));
+  rd_kafka_resp_err_t err =
+      rd_kafka_metadata(producer_.get(), 0, nullptr, &raw, ClampMillis(timeout));
   internal::KafkaMetadata metadata(raw);
   if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
     return Status::Unavailable(std::string("kafka metadata request failed: ") +

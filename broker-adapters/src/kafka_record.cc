@@ -17,8 +17,8 @@ ReceivedRecord ToReceivedRecord(const rd_kafka_message_t& m) {
     const char* name = nullptr;
     const void* value = nullptr;
     size_t size = 0;
-    for (size_t i = 0; rd_kafka_header_get_all(headers, i, &name, &value, &size) ==
-                       RD_KAFKA_RESP_ERR_NO_ERROR;
+    for (size_t i = 0;
+         rd_kafka_header_get_all(headers, i, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR;
          ++i) {
       r.headers.emplace_back(name, value != nullptr
                                        ? std::string(static_cast<const char*>(value), size)

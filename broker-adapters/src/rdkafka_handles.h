@@ -24,9 +24,8 @@ struct CDeleter {
 
 using KafkaHandle = std::unique_ptr<rd_kafka_t, CDeleter<rd_kafka_destroy>>;
 using KafkaConf = std::unique_ptr<rd_kafka_conf_t, CDeleter<rd_kafka_conf_destroy>>;
-using KafkaTopicPartitionList =
-    std::unique_ptr<rd_kafka_topic_partition_list_t,
-                    CDeleter<rd_kafka_topic_partition_list_destroy>>;
+using KafkaTopicPartitionList = std::unique_ptr<rd_kafka_topic_partition_list_t,
+                                                CDeleter<rd_kafka_topic_partition_list_destroy>>;
 using KafkaHeaders = std::unique_ptr<rd_kafka_headers_t, CDeleter<rd_kafka_headers_destroy>>;
 using KafkaMessage = std::unique_ptr<rd_kafka_message_t, CDeleter<rd_kafka_message_destroy>>;
 using KafkaQueue = std::unique_ptr<rd_kafka_queue_t, CDeleter<rd_kafka_queue_destroy>>;

@@ -15,8 +15,8 @@ StatusCode Code(rd_kafka_resp_err_t err, rd_kafka_msg_status_t persisted = kNot,
 }
 
 TEST(KafkaDeliveryErrorTest, OnlyNoErrorIsSuccess) {
-  EXPECT_TRUE(MapDeliveryError(RD_KAFKA_RESP_ERR_NO_ERROR, RD_KAFKA_MSG_STATUS_PERSISTED, kRetry)
-                  .ok());
+  EXPECT_TRUE(
+      MapDeliveryError(RD_KAFKA_RESP_ERR_NO_ERROR, RD_KAFKA_MSG_STATUS_PERSISTED, kRetry).ok());
   // Every other code, whatever its persistence status, is a failure.
   const rd_kafka_err_desc* descs = nullptr;
   size_t count = 0;
@@ -36,10 +36,11 @@ TEST(KafkaDeliveryErrorTest, TimeoutDependsOnPersistenceStatus) {
 }
 
 TEST(KafkaDeliveryErrorTest, PermanentErrorsAreFailedPrecondition) {
-  for (auto err : {RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE, RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
-                   RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION, RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE,
-                   RD_KAFKA_RESP_ERR_INVALID_RECORD, RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED,
-                   RD_KAFKA_RESP_ERR_POLICY_VIOLATION, RD_KAFKA_RESP_ERR__INVALID_ARG}) {
+  for (auto err :
+       {RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE, RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION, RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE,
+        RD_KAFKA_RESP_ERR_INVALID_RECORD, RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED,
+        RD_KAFKA_RESP_ERR_POLICY_VIOLATION, RD_KAFKA_RESP_ERR__INVALID_ARG}) {
     EXPECT_EQ(Code(err, kNot), StatusCode::kFailedPrecondition) << rd_kafka_err2name(err);
     // A definite broker answer stays permanent even if librdkafka could not be sure.
     EXPECT_EQ(Code(err, kMaybe), StatusCode::kFailedPrecondition) << rd_kafka_err2name(err);
@@ -63,9 +64,10 @@ TEST(KafkaDeliveryErrorTest, ClientSideOutcomes) {
 }
 
 TEST(KafkaDeliveryErrorTest, TransientBrokerErrorsAreRetriable) {
-  for (auto err : {RD_KAFKA_RESP_ERR__TRANSPORT, RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
-                   RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS, RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE,
-                   RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH, RD_KAFKA_RESP_ERR_KAFKA_STORAGE_ERROR}) {
+  for (auto err :
+       {RD_KAFKA_RESP_ERR__TRANSPORT, RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+        RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS, RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE,
+        RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH, RD_KAFKA_RESP_ERR_KAFKA_STORAGE_ERROR}) {
     EXPECT_EQ(Code(err, kNot), StatusCode::kUnavailable) << rd_kafka_err2name(err);
     EXPECT_EQ(Code(err, kMaybe), StatusCode::kDeadlineExceeded) << rd_kafka_err2name(err);
   }

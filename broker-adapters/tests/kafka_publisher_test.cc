@@ -36,7 +36,8 @@ std::unique_ptr<KafkaMockCluster> NewMock(int brokers = 1) {
 }
 
 // Publishes `messages` until every one is OK or `deadline` passes; returns the last results.
-std::vector<DeliveryResult> PublishUntilOk(Publisher& publisher, const std::vector<Message>& messages,
+std::vector<DeliveryResult> PublishUntilOk(Publisher& publisher,
+                                           const std::vector<Message>& messages,
                                            std::chrono::steady_clock::duration within) {
   const auto deadline = std::chrono::steady_clock::now() + within;
   std::vector<DeliveryResult> results;
@@ -241,8 +242,7 @@ TEST(KafkaPublisherTest, TopicAuthorizationFailureOnProduceIsFailedPrecondition)
   ASSERT_TRUE(publisher);
   std::vector<Message> warmup = {MakeMessage(topic, "k", 1)};
   ASSERT_TRUE(publisher->PublishBatch(Pointers(warmup), 10s)[0].status.ok());
-  ASSERT_TRUE(
-      mock->PushRequestErrors(KafkaApiKey::kProduce, 1, "TOPIC_AUTHORIZATION_FAILED").ok());
+  ASSERT_TRUE(mock->PushRequestErrors(KafkaApiKey::kProduce, 1, "TOPIC_AUTHORIZATION_FAILED").ok());
   std::vector<Message> messages = {MakeMessage(topic, "k", 2)};
   const auto results = publisher->PublishBatch(Pointers(messages), 10s);
   EXPECT_EQ(results[0].status.code(), StatusCode::kFailedPrecondition) << results[0].status;
@@ -276,7 +276,8 @@ TEST(KafkaPublisherTest, MockTopicMetadataErrorIsRetriableNeverOk) {
 TEST(KafkaPublisherTest, UnknownTopicFollowsPolicy) {
   auto mock = NewMock();
   ASSERT_TRUE(mock);
-  for (UnknownTopicPolicy policy : {UnknownTopicPolicy::kRetry, UnknownTopicPolicy::kFailPrecondition}) {
+  for (UnknownTopicPolicy policy :
+       {UnknownTopicPolicy::kRetry, UnknownTopicPolicy::kFailPrecondition}) {
     const std::string topic = UniqueName("pub-unknown-topic");
     ASSERT_TRUE(mock->SetTopicError(topic, "UNKNOWN_TOPIC_OR_PART").ok());
     KafkaOptions options = TestPublisherOptions(mock->bootstrap_servers());

@@ -155,7 +155,8 @@ TEST(KafkaSourceTest, StartsFromTheOffsetsTheListenerReturns) {
   ASSERT_EQ(all.size(), sent.size());
   reader->Close();
   std::map<int32_t, int64_t> end_of;
-  for (const ReceivedRecord& r : all) end_of[r.partition] = std::max(end_of[r.partition], r.offset + 1);
+  for (const ReceivedRecord& r : all)
+    end_of[r.partition] = std::max(end_of[r.partition], r.offset + 1);
 
   // A new member whose "database" says: partition p is done up to end-2.
   RecordingListener listener;
@@ -194,7 +195,8 @@ TEST(KafkaSourceTest, SecondMemberTriggersRevokeAndSplitsPartitions) {
   auto second = NewSource(bootstrap, group);
   ASSERT_TRUE(second->Subscribe({topic}, &second_listener).ok());
   const auto deadline2 = std::chrono::steady_clock::now() + 40s;
-  while ((second_listener.owned.empty() || first_listener.owned.size() + second_listener.owned.size() != 4) &&
+  while ((second_listener.owned.empty() ||
+          first_listener.owned.size() + second_listener.owned.size() != 4) &&
          std::chrono::steady_clock::now() < deadline2) {
     (void)first->Poll(100, 100ms);
     (void)second->Poll(100, 100ms);

@@ -42,9 +42,9 @@ Message MakeMessage(const std::string& topic, const std::string& subject, int64_
   m.time = std::chrono::system_clock::now();
   m.sequence = sequence;
   m.topic = topic;
-  m.payload = payload.empty() ? "{\"subject\":\"" + subject + "\",\"seq\":" +
-                                    std::to_string(sequence) + "}"
-                              : std::move(payload);
+  m.payload = payload.empty()
+                  ? "{\"subject\":\"" + subject + "\",\"seq\":" + std::to_string(sequence) + "}"
+                  : std::move(payload);
   return m;
 }
 

@@ -51,7 +51,8 @@ constexpr char kUsage[] =
     "  --bootstrap-file F   write the bootstrap.servers value to F (atomically)\n"
     "  --control-port P     accept control commands on 127.0.0.1:P (0: any free port)\n"
     "\n"
-    "Control protocol: one command per line, one reply line: \"ok[ <value>]\" or \"error <why>\".\n";
+    "Control protocol: one command per line, one reply line: \"ok[ <value>]\" or \"error "
+    "<why>\".\n";
 
 constexpr char kHelp[] =
     "ok commands: ping | bootstrap | broker-down <id|-1> | broker-up <id|-1> | "

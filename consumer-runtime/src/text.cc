@@ -24,7 +24,6 @@ std::string SafeText(std::string_view s) {
   return out;
 }
 
-
 std::string HeadersJson(const std::vector<std::pair<std::string, std::string>>& headers) {
   std::vector<std::pair<std::string, std::string>> safe;
   safe.reserve(headers.size());

@@ -79,8 +79,13 @@ TEST(SequencePolicyTest, DefaultIsSkipStale) {
 
 TEST(SafeTextTest, KeepsValidUtf8AndReplacesBadBytes) {
   EXPECT_EQ(internal::SafeText("héllo"), "héllo");
-  EXPECT_EQ(internal::SafeText(std::string("a\0b", 3)), "a\xEF\xBF\xBD" "b");
-  EXPECT_EQ(internal::SafeText("a\xFF" "b"), "a\xEF\xBF\xBD" "b");
+  EXPECT_EQ(internal::SafeText(std::string("a\0b", 3)),
+            "a\xEF\xBF\xBD"
+            "b");
+  EXPECT_EQ(internal::SafeText("a\xFF"
+                               "b"),
+            "a\xEF\xBF\xBD"
+            "b");
 }
 
 TEST(HeadersJsonTest, EscapesAndSanitizes) {
@@ -94,12 +99,9 @@ TEST(DecodeRecordTest, DecodesKafkaBinaryMode) {
   broker::ReceivedRecord r;
   r.topic = "orders";
   r.payload = "{}";
-  r.headers = {{"ce_specversion", "1.0"},
-               {"ce_id", "0190a0a0-0000-7000-8000-000000000001"},
-               {"ce_source", "/orders"},
-               {"ce_type", "order.placed"},
-               {"ce_subject", "o-1"},
-               {"ce_keyseq", "3"}};
+  r.headers = {{"ce_specversion", "1.0"}, {"ce_id", "0190a0a0-0000-7000-8000-000000000001"},
+               {"ce_source", "/orders"},  {"ce_type", "order.placed"},
+               {"ce_subject", "o-1"},     {"ce_keyseq", "3"}};
   auto m = DecodeRecord(r);
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_EQ(m->type, "order.placed");

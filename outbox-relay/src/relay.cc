@@ -889,8 +889,7 @@ void Relay::Impl::LoopTarget(Target& t, bool owns_listener) {
     if (at_broker > 0) {
       // With a backlog and no batch waiting, claim the next one at once; otherwise wait for
       // a publishing thread to finish (or, with one free, for rows to arrive).
-      if (next || (!more_waiting && !released_keys))
-        WaitWork(any_finished, options_.poll_interval);
+      if (next || (!more_waiting && !released_keys)) WaitWork(any_finished, options_.poll_interval);
       continue;
     }
     if (clock_->Monotonic() < t.breaker_until) {

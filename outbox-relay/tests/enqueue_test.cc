@@ -52,8 +52,9 @@ TEST(EnqueueTest, BinaryPayloadHeadersExpiryAndTraceparentRoundTrip) {
   EXPECT_EQ(db.Scalar("SELECT encode(payload, 'hex') FROM converge.outbox"), "0001ff225c");
   EXPECT_EQ(db.Scalar("SELECT headers->>'x-tenant' FROM converge.outbox"), "a\"b\\c é");
   EXPECT_EQ(db.Scalar("SELECT traceparent FROM converge.outbox"), m.traceparent);
-  EXPECT_EQ(db.Scalar("SELECT (extract(epoch FROM expires_at) * 1000)::bigint FROM converge.outbox"),
-            "4102444800123");
+  EXPECT_EQ(
+      db.Scalar("SELECT (extract(epoch FROM expires_at) * 1000)::bigint FROM converge.outbox"),
+      "4102444800123");
 }
 
 TEST(EnqueueTest, CommitsOrRollsBackWithTheBusinessRows) {

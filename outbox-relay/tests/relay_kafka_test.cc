@@ -158,8 +158,7 @@ TEST(RelayKafkaTest, BrokerDownLongerThanMessageTimeoutLosesNothing) {
   const auto at_least = start + milliseconds(4000);
   const auto at_most = start + milliseconds(30000);
   while (std::chrono::steady_clock::now() < at_most &&
-         (std::chrono::steady_clock::now() < at_least ||
-          relay->stats().breaker_open.load() == 0)) {
+         (std::chrono::steady_clock::now() < at_least || relay->stats().breaker_open.load() == 0)) {
     auto r = relay->RunOnce();
     (void)r;
     std::this_thread::sleep_for(milliseconds(50));
@@ -182,7 +181,8 @@ TEST(RelayKafkaTest, BrokerDownLongerThanMessageTimeoutLosesNothing) {
 TEST(RelayKafkaTest, MessageTooLargeIsDeadLetteredAndOtherKeysFlow) {
   Fixture f;
   ASSERT_TRUE(f.db.ok() && f.kafka);
-  f.db.Scalar("SELECT converge.enqueue_raw('" + f.topic + "', 'big', 't', "
+  f.db.Scalar("SELECT converge.enqueue_raw('" + f.topic +
+              "', 'big', 't', "
               "convert_to(repeat('x', 5000), 'UTF8'))");
   f.db.Scalar("SELECT converge.enqueue('" + f.topic + "', 'big', 't', '2')");
   f.Enqueue(3, 2);

@@ -5,7 +5,9 @@
 namespace converge::outbox {
 namespace {
 
-OutboxMessage Good() { return {.topic = "orders", .key = "o-1", .type = "order.placed", .payload = "{}"}; }
+OutboxMessage Good() {
+  return {.topic = "orders", .key = "o-1", .type = "order.placed", .payload = "{}"};
+}
 
 TEST(ValidateTest, AcceptsAGoodMessage) { EXPECT_TRUE(Validate(Good()).ok()); }
 

@@ -91,10 +91,10 @@ Result<MigrateReport> Migrate(const std::string& db_url, const MigrateOptions& o
     const auto& known = EmbeddedMigrations();
     const int newest_known = known.empty() ? 0 : known.back().version;
     if (!applied.empty() && applied.rbegin()->first > newest_known) {
-      return Status::FailedPrecondition(
-          "database schema is at version " + std::to_string(applied.rbegin()->first) +
-          " but this binary only knows up to " + std::to_string(newest_known) +
-          "; use a newer convergectl");
+      return Status::FailedPrecondition("database schema is at version " +
+                                        std::to_string(applied.rbegin()->first) +
+                                        " but this binary only knows up to " +
+                                        std::to_string(newest_known) + "; use a newer convergectl");
     }
 
     for (const auto& m : known) {
@@ -124,9 +124,9 @@ Result<MigrateReport> Migrate(const std::string& db_url, const MigrateOptions& o
             m.version, std::string(m.name), sum, options.actor);
         tx.commit();
       } catch (const std::exception& e) {
-        return Status::Internal("migration " + std::string(m.name) +
-                                " failed and was rolled back: " +
-                                pg::StatusFromException(e).message());
+        return Status::Internal(
+            "migration " + std::string(m.name) +
+            " failed and was rolled back: " + pg::StatusFromException(e).message());
       }
       report.applied.push_back(info);
     }

@@ -25,8 +25,8 @@ Status Exec(const TestDatabase& db, const std::string& sql) {
 TEST(EnqueueSqlTest, WritesARowWithIdSeqAndSlot) {
   TestDatabase db;
   ASSERT_TRUE(db.ok());
-  std::string id = db.Scalar(
-      "SELECT converge.enqueue('orders', 'order-1', 'order.placed', '{\"total\": 12}')");
+  std::string id =
+      db.Scalar("SELECT converge.enqueue('orders', 'order-1', 'order.placed', '{\"total\": 12}')");
   ASSERT_EQ(id.size(), 36u);
   EXPECT_EQ(id[14], '7') << "message ids are UUIDv7: " << id;
   EXPECT_EQ(db.Scalar("SELECT topic || '|' || key || '|' || seq || '|' || type || '|' || "
@@ -46,8 +46,9 @@ TEST(EnqueueSqlTest, SequenceIsPerTopicAndKey) {
                    "SELECT converge.enqueue('u', 'a', 'x', '4');"
                    "SELECT converge.enqueue('t', 'a', 'x', '5');")
                   .ok());
-  EXPECT_EQ(db.Scalar("SELECT string_agg(topic || key || seq, ',' ORDER BY id) FROM converge.outbox"),
-            "ta1,ta2,tb1,ua1,ta3");
+  EXPECT_EQ(
+      db.Scalar("SELECT string_agg(topic || key || seq, ',' ORDER BY id) FROM converge.outbox"),
+      "ta1,ta2,tb1,ua1,ta3");
 }
 
 TEST(EnqueueSqlTest, RolledBackRowsLeaveNoTraceAndNoSeqGap) {
@@ -136,8 +137,9 @@ TEST(EnqueueSqlTest, NotifyOffSkipsTheWakeUpButStillEnqueues) {
   ASSERT_TRUE(db.ok());
   auto listener = db.Connect();
   pqxx::nontransaction(*listener).exec("LISTEN converge_outbox");
-  ASSERT_TRUE(Exec(db, "SET converge.notify = off; "
-                       "SELECT converge.enqueue('t', 'k', 't', '{}')")
+  ASSERT_TRUE(Exec(db,
+                   "SET converge.notify = off; "
+                   "SELECT converge.enqueue('t', 'k', 't', '{}')")
                   .ok());
   EXPECT_EQ(listener->await_notification(1, 0), 0);
   EXPECT_EQ(db.Count("SELECT count(*) FROM converge.outbox"), 1);

@@ -12,8 +12,8 @@
 #include "converge/outbox/outbox.h"
 #include "converge/outbox/relay.h"
 #include "converge/reconciler/flow.h"
-#include "converge/testing/fake_publisher.h"
 #include "converge/testing/env.h"
+#include "converge/testing/fake_publisher.h"
 #include "converge/testing/pg_fixture.h"
 
 namespace converge {
@@ -28,8 +28,8 @@ constexpr const char* kDenied = "42501";
 class RoleUser {
  public:
   RoleUser(const TestDatabase& db, const std::string& role) : db_(db) {
-    name_ = "t_" + role + "_" + std::to_string(::getpid()) + "_" +
-            NewUuidV7().ToString().substr(24);
+    name_ =
+        "t_" + role + "_" + std::to_string(::getpid()) + "_" + NewUuidV7().ToString().substr(24);
     auto c = db.Connect();
     pqxx::nontransaction nt(*c);
     nt.exec0("CREATE ROLE " + nt.quote_name(name_) + " LOGIN IN ROLE " + nt.quote_name(role));
@@ -39,8 +39,7 @@ class RoleUser {
     const size_t at = url.find('@', scheme);
     url_ = url.substr(0, scheme + 3) + name_ + url.substr(at);
     pqxx::connection check(url_);
-    EXPECT_EQ(pqxx::nontransaction(check).exec1("SELECT current_user")[0].as<std::string>(),
-              name_);
+    EXPECT_EQ(pqxx::nontransaction(check).exec1("SELECT current_user")[0].as<std::string>(), name_);
   }
   ~RoleUser() {
     try {
@@ -74,7 +73,6 @@ class RoleUser {
   std::string name_, url_;
 };
 
-
 TEST(RolesTest, RolesExistAndAuditLogIsAppendOnly) {
   TestDatabase db;
   ASSERT_TRUE(db.ok());
@@ -92,8 +90,8 @@ TEST(RolesTest, RolesExistAndAuditLogIsAppendOnly) {
   EXPECT_EQ(op.Try("UPDATE converge.consumer_offsets SET next_offset = 0"), kDenied);
   EXPECT_EQ(op.Try("DELETE FROM converge.outbox"), kDenied);
   RoleUser ro(db, "converge_readonly");
-  for (const char* t : {"outbox", "inbox", "dead_letters", "flows", "audit_log",
-                        "consumer_offsets", "relay_slots", "device_commands"})
+  for (const char* t : {"outbox", "inbox", "dead_letters", "flows", "audit_log", "consumer_offsets",
+                        "relay_slots", "device_commands"})
     EXPECT_EQ(ro.Try(std::string("SELECT count(*) FROM converge.") + t), "") << t;
   EXPECT_EQ(ro.Try("INSERT INTO converge.audit_log (actor, action, target, reason) "
                    "VALUES ('me', 'test', 'x', 'why')"),
@@ -103,13 +101,15 @@ TEST(RolesTest, RolesExistAndAuditLogIsAppendOnly) {
   const std::string ctl = testing::BinDir() + "/convergectl";
   EXPECT_EQ(std::system((ctl + " status --db '" + ro.url() + "' >/dev/null").c_str()), 0);
   db.Scalar("SELECT converge.enqueue('orders', 'k1', 'order.placed', '{}')");
-  EXPECT_EQ(std::system((ctl + " keys park orders k1 --reason test --db '" + op.url() +
-                         "' >/dev/null").c_str()),
-            0);
+  EXPECT_EQ(
+      std::system(
+          (ctl + " keys park orders k1 --reason test --db '" + op.url() + "' >/dev/null").c_str()),
+      0);
   EXPECT_EQ(db.Count("SELECT count(*) FROM converge.outbox_blocked_keys WHERE parked"), 1);
-  EXPECT_EQ(std::system((ctl + " keys unpark orders k1 --reason test --db '" + op.url() +
-                         "' >/dev/null").c_str()),
-            0);
+  EXPECT_EQ(
+      std::system((ctl + " keys unpark orders k1 --reason test --db '" + op.url() + "' >/dev/null")
+                      .c_str()),
+      0);
   EXPECT_EQ(db.Count("SELECT count(*) FROM converge.outbox_blocked_keys"), 0);
   EXPECT_EQ(db.Count("SELECT count(*) FROM converge.audit_log WHERE action LIKE 'keys.%'"), 2);
 }
@@ -137,8 +137,9 @@ TEST(RolesTest, WriterEnqueuesAndCannotReadOrDelete) {
 TEST(RolesTest, RelayPublishesAndCannotTouchConsumerState) {
   TestDatabase db;
   ASSERT_TRUE(db.ok());
-  db.Scalar("SELECT count(converge.enqueue('orders', 'k' || (g % 3), 'order.placed', '{}')) "
-            "FROM generate_series(1, 20) g");
+  db.Scalar(
+      "SELECT count(converge.enqueue('orders', 'k' || (g % 3), 'order.placed', '{}')) "
+      "FROM generate_series(1, 20) g");
   RoleUser r(db, "converge_relay");
   auto publisher = std::make_unique<testing::FakePublisher>();
   auto* fake = publisher.get();
@@ -182,9 +183,11 @@ TEST(RolesTest, ConsumerAppliesOnceAndCannotTouchTheRelaysState) {
     return ctx.Enqueue({.topic = "shipping", .key = m.subject, .type = "ship"}).status();
   });
   const std::string id = NewUuidV7().ToString();
-  const std::vector<std::pair<std::string, std::string>> headers = {
-      {"ce_specversion", "1.0"}, {"ce_id", id}, {"ce_source", "/t"},
-      {"ce_type", "order.placed"}, {"ce_subject", "k"}};
+  const std::vector<std::pair<std::string, std::string>> headers = {{"ce_specversion", "1.0"},
+                                                                    {"ce_id", id},
+                                                                    {"ce_source", "/t"},
+                                                                    {"ce_type", "order.placed"},
+                                                                    {"ce_subject", "k"}};
   src->Produce("orders", 0, "{}", headers);
   src->Produce("orders", 0, "{}", headers);  // a duplicate
   src->Rebalance({}, {{"orders", 0}});
@@ -225,8 +228,8 @@ TEST(RolesTest, FlowsAdvanceAsTheFlowsRoleAndReconcilerReadsWhatItWatches) {
   EXPECT_EQ(f.Try("UPDATE converge.consumer_offsets SET next_offset = 0"), kDenied);
   RoleUser rec(db, "converge_reconciler");
   EXPECT_EQ(rec.Try("SELECT * FROM converge.flow_reconcile(10)"), "");
-  for (const char* t : {"outbox", "outbox_blocked_keys", "dead_letters", "device_commands",
-                        "device_twins"})
+  for (const char* t :
+       {"outbox", "outbox_blocked_keys", "dead_letters", "device_commands", "device_twins"})
     EXPECT_EQ(rec.Try(std::string("SELECT count(*) FROM converge.") + t), "") << t;
   EXPECT_EQ(rec.Try("DELETE FROM converge.outbox"), kDenied);
   EXPECT_EQ(rec.Try("SELECT * FROM converge.inbox"), kDenied);

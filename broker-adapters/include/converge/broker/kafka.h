@@ -105,10 +105,11 @@ struct KafkaSourceOptions {
 //
 // Key, value and headers come from common/'s envelope codec (KafkaKey, EncodeKafkaHeaders).
 // Delivery results (see the table in broker-adapters/README.md): OK only on a successful
-// delivery report; kInvalidArgument when the codec rejects the message; kDeadlineExceeded when the message may have been written (timed out in
-// flight, no report within the batch timeout, or the producer hit a fatal error and was
-// recreated); kUnavailable when it was not written and a retry may succeed; kFailedPrecondition
-// when it can never be written as it is (too large, not authorized, invalid topic name).
+// delivery report; kInvalidArgument when the codec rejects the message; kDeadlineExceeded when the
+// message may have been written (timed out in flight, no report within the batch timeout, or the
+// producer hit a fatal error and was recreated); kUnavailable when it was not written and a retry
+// may succeed; kFailedPrecondition when it can never be written as it is (too large, not
+// authorized, invalid topic name).
 Result<std::unique_ptr<Publisher>> MakeKafkaPublisher(const KafkaOptions& options);
 
 // Creates a Kafka consumer-group source. kInvalidArgument for bad options or properties.

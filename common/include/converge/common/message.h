@@ -16,7 +16,7 @@ namespace converge {
 // Limits enforced everywhere a message enters Converge (SQL enqueue, C++ enqueue, decoders).
 // They match the CHECKs in schemas/migrations and are documented in docs/envelope.md.
 struct MessageLimits {
-  static constexpr size_t kMaxTopicBytes = 249;       // Kafka's own topic-name limit
+  static constexpr size_t kMaxTopicBytes = 249;  // Kafka's own topic-name limit
   static constexpr size_t kMaxKeyBytes = 1024;
   static constexpr size_t kMaxTypeBytes = 256;
   static constexpr size_t kMaxSourceBytes = 1024;

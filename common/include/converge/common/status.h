@@ -97,7 +97,7 @@ std::ostream& operator<<(std::ostream& os, const Status& s);
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}        // NOLINT: implicit by design
   Result(Status status) : v_(std::move(status)) {  // NOLINT: implicit by design
     assert(!std::get<Status>(v_).ok() && "Result built from an OK status carries no value");
   }
@@ -123,10 +123,10 @@ class [[nodiscard]] Result {
 }  // namespace converge
 
 // Returns early from the calling function when `expr` is not OK.
-#define CONVERGE_RETURN_IF_ERROR(expr)        \
-  do {                                        \
-    ::converge::Status _st = (expr);          \
-    if (!_st.ok()) return _st;                \
+#define CONVERGE_RETURN_IF_ERROR(expr) \
+  do {                                 \
+    ::converge::Status _st = (expr);   \
+    if (!_st.ok()) return _st;         \
   } while (0)
 
 #define CONVERGE_CONCAT_INNER(a, b) a##b
