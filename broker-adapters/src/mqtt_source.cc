@@ -283,17 +283,20 @@ class SourceImpl {
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
-      filters_ = topics;
       listener_ = listener;
       assigned_ = false;
       // A repeated Subscribe (the consumer retries its start when the first connect timed out,
       // and that connect may still complete in the background) must not free listeners that
-      // OnConnected may have handed to Paho meanwhile: they stay alive with the source.
-      for (auto& l : sub_listeners_) retired_listeners_.push_back(std::move(l));
-      sub_listeners_.clear();
-      for (const auto& t : topics)
-        sub_listeners_.push_back(std::make_unique<SubscribeListener>(
-            log_, o_.shared_group.empty() ? t : "$share/" + o_.shared_group + "/" + t, o_.qos));
+      // OnConnected may have handed to Paho meanwhile. The same filters keep their listeners;
+      // replaced ones stay alive with the source.
+      if (sub_listeners_.empty() || filters_ != topics) {
+        for (auto& l : sub_listeners_) retired_listeners_.push_back(std::move(l));
+        sub_listeners_.clear();
+        for (const auto& t : topics)
+          sub_listeners_.push_back(std::make_unique<SubscribeListener>(
+              log_, o_.shared_group.empty() ? t : "$share/" + o_.shared_group + "/" + t, o_.qos));
+      }
+      filters_ = topics;
     }
     // The callbacks are installed once: Paho C refuses to replace them (-1) while a connect
     // that timed out in an earlier Subscribe is still under way. They read filters_ and

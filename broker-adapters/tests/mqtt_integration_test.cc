@@ -358,6 +358,21 @@ bool PublishEvent(const MosquittoBroker& broker, const std::string& topic, const
                         "application/json");
 }
 
+// Publishes one event to `topic` every half second until `source` receives it (at most 10 s:
+// the source may still be reconnecting and subscribing), then checks and acks it.
+void ExpectDeliveredOnceSubscribed(const MosquittoBroker& broker, MessageSource& source,
+                                   const std::string& topic) {
+  const std::string id = NewUuidV7().ToString();
+  std::vector<ReceivedRecord> recs;
+  for (int i = 0; i < 20 && recs.empty(); ++i) {
+    ASSERT_TRUE(PublishEvent(broker, topic, id));
+    recs = PollUntil(source, 1, milliseconds(500));
+  }
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(DecodeMqttRecord(recs[0])->id, id);
+  source.Ack(recs);
+}
+
 TEST(MqttSource, PubackHeldUntilAckSoAnUnackedMessageIsRedelivered) {
   MosquittoBroker broker(AuthConfig());
   ASSERT_TRUE(broker.Start()) << broker.error();
@@ -493,15 +508,7 @@ TEST(MqttSource, ResubscribesAfterBrokerKillAndRestart) {
   broker.Kill();
   ASSERT_TRUE(broker.Start()) << broker.error();
   // The source reconnects by itself (1-2 s) and subscribes again in the connected handler.
-  const std::string id = NewUuidV7().ToString();
-  std::vector<ReceivedRecord> recs;
-  for (int i = 0; i < 20 && recs.empty(); ++i) {
-    ASSERT_TRUE(PublishEvent(broker, "dev/d9/evt", id));
-    recs = PollUntil(**shared, 1, milliseconds(500));
-  }
-  ASSERT_EQ(recs.size(), 1u);
-  EXPECT_EQ(DecodeMqttRecord(recs[0])->id, id);
-  (*shared)->Ack(recs);
+  ExpectDeliveredOnceSubscribed(broker, **shared, "dev/d9/evt");
   (*shared)->Close();
 }
 
@@ -523,15 +530,7 @@ TEST(MqttSource, SubscribeAgainAfterTheBrokerCameUp) {
   Status again = Status::Unavailable("not tried");
   for (int i = 0; i < 10 && !again.ok(); ++i) again = (*source)->Subscribe({"dev/+/evt"}, &l);
   ASSERT_TRUE(again.ok()) << again;
-  const std::string id = NewUuidV7().ToString();
-  std::vector<ReceivedRecord> recs;
-  for (int i = 0; i < 20 && recs.empty(); ++i) {
-    ASSERT_TRUE(PublishEvent(broker, "dev/d7/evt", id));
-    recs = PollUntil(**source, 1, milliseconds(500));
-  }
-  ASSERT_EQ(recs.size(), 1u);
-  EXPECT_EQ(DecodeMqttRecord(recs[0])->id, id);
-  (*source)->Ack(recs);
+  ExpectDeliveredOnceSubscribed(broker, **source, "dev/d7/evt");
   (*source)->Close();
 }
 
