@@ -18,6 +18,9 @@
 
 namespace converge::outbox {
 
+// Keys hash to this many slots (converge.relay_slots.slot, 0..255 by the schema's CHECK).
+inline constexpr int kSlotCount = 256;
+
 struct OutboxRow {
   int64_t id = 0;
   int slot = 0;

@@ -5,12 +5,11 @@
 #include <algorithm>
 
 #include "converge/schemas/pg.h"
+#include "outbox_store.h"
 
 namespace converge::outbox {
 
-namespace {
-constexpr int kSlots = 256;
-}
+namespace {}
 
 SlotLeaser::SlotLeaser(std::string url, std::string instance_id, LeaseOptions options, Clock* clock)
     : url_(std::move(url)),
@@ -57,7 +56,7 @@ Status SlotLeaser::Maintain(bool force, bool allow_release) {
     const int live =
         tx.exec("SELECT count(*) FROM converge.relay_instances WHERE lease_until > now()")[0][0]
             .as<int>();
-    const int target = (kSlots + std::max(live, 1) - 1) / std::max(live, 1);
+    const int target = (kSlotCount + std::max(live, 1) - 1) / std::max(live, 1);
 
     std::vector<int> owned;
     bool release_pending = false;
