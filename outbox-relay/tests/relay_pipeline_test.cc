@@ -204,6 +204,44 @@ TEST(RelayPipeline, LeaseLostWhileBatchesAreInTheAirFencesTheirDeletes) {
       << "the new owner publishes every row again (duplicates, never losses)";
 }
 
+// The gauges that need a query (oldest row's age, parked keys) are read beside the loop, every
+// 2 s, on their own connection.
+TEST(RelayPipeline, GaugesShowTheParkedKeyAndTheAgeOfTheRowWaitingBehindIt) {
+  TestDatabase db;
+  ASSERT_TRUE(db.ok());
+  Enqueue(db, "poison", 2);
+  Enqueue(db, "fine", 3);
+  auto pub = std::make_unique<FakePublisher>();
+  FakePublisher* fake = pub.get();
+  fake->FailWhen([](const Message& m) {
+    if (m.subject == "poison" && m.sequence == 1)
+      return Status::FailedPrecondition("Broker: Message size too large");
+    return Status::Ok();
+  });
+  Relay relay(Options(db), std::move(pub));
+  std::thread runner([&] { EXPECT_TRUE(relay.Run().ok()); });
+  // poison#2 waits behind the parked key; its age grows from one reading to the next.
+  int64_t first_age = 0;
+  const bool parked = WaitFor(
+      [&] {
+        first_age = relay.stats().oldest_age_ms.load();
+        return relay.stats().parked_keys.load() == 1 && first_age > 0;
+      },
+      std::chrono::seconds(15));
+  const bool aged =
+      parked && WaitFor([&] { return relay.stats().oldest_age_ms.load() > first_age; },
+                        std::chrono::seconds(15));
+  const int64_t sql_age = db.Count(
+      "SELECT (extract(epoch FROM now() - min(created_at)) * 1000)::bigint FROM converge.outbox");
+  relay.Stop();
+  runner.join();
+  EXPECT_TRUE(parked) << "parked_keys " << relay.stats().parked_keys.load() << ", oldest_age_ms "
+                      << relay.stats().oldest_age_ms.load();
+  EXPECT_TRUE(aged) << "oldest_age_ms stayed at " << first_age;
+  EXPECT_LE(relay.stats().oldest_age_ms.load(), sql_age + 100);
+  EXPECT_EQ(db.Count("SELECT count(*) FROM converge.outbox"), 1) << "poison#2 waits";
+}
+
 }  // namespace
 }  // namespace converge::outbox
 
