@@ -98,15 +98,16 @@ long long BenchDatabase::Count(const std::string& sql) const {
   return tx.exec1(sql)[0].as<long long>();
 }
 
-void FillOutbox(pqxx::connection& conn, const std::string& topic, long rows, int keys) {
+void FillOutbox(pqxx::connection& conn, const std::string& topic, long rows, int keys,
+                const std::string& key_prefix) {
   pqxx::work tx(conn);
   tx.exec_params0(
       "INSERT INTO converge.outbox (message_id, topic, key, seq, slot, type, source, payload) "
-      "SELECT converge.uuid_v7(), $1, 'key-' || (i % $3), i / $3 + 1, "
-      "       converge.key_slot('key-' || (i % $3)), 'bench.event', '/bench', "
+      "SELECT converge.uuid_v7(), $1, $4 || (i % $3), i / $3 + 1, "
+      "       converge.key_slot($4 || (i % $3)), 'bench.event', '/bench', "
       "       convert_to('{\"n\":' || i || ',\"pad\":\"' || repeat('x', 100) || '\"}', 'UTF8') "
       "  FROM generate_series(0, $2 - 1) AS i",
-      topic, rows, keys);
+      topic, rows, keys, key_prefix);
   tx.exec("SELECT pg_notify('converge_outbox', '')");
   tx.commit();
 }

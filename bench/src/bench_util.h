@@ -50,8 +50,9 @@ class BenchDatabase {
 
 // Inserts `rows` outbox rows for `topic` in one transaction (plain INSERT ... SELECT, the
 // shape converge.enqueue writes: `keys` distinct keys round-robin, seq per key, ~130-byte JSON
-// payload) and notifies the relays on commit.
-void FillOutbox(pqxx::connection& conn, const std::string& topic, long rows, int keys);
+// payload; keys are `key_prefix` followed by a number) and notifies the relays on commit.
+void FillOutbox(pqxx::connection& conn, const std::string& topic, long rows, int keys,
+                const std::string& key_prefix = "key-");
 
 // Waits until converge.outbox is empty; false on timeout.
 bool WaitOutboxEmpty(pqxx::connection& conn, std::chrono::milliseconds timeout);

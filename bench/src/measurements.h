@@ -40,16 +40,17 @@ WriterCeilings MeasureWriterCeilings(const BenchDatabase& db, int connections, d
 // ---- relay ----
 
 struct RelayResult {
-  double rows_per_s = 0;         // from the fill's commit to an empty outbox
+  double rows_per_s = 0;         // from the fill's commit to an empty outbox (after a warm-up)
   double rss_mb = 0;             // largest VmRSS seen while draining (first relay)
   double drain_cpu_percent = 0;  // first relay's utime+stime while draining, % of one core
   double hwm_mb = 0;             // VmHWM at the end of the drain (first relay)
   double idle_cpu_percent = -1;  // utime+stime over idle_seconds with an empty outbox, % of a core
 };
 // Starts `relays` converge-relay processes (with `extra_args`, e.g. --relay.target=mqtt), waits
-// until they share the 256 slots, fills the outbox with `rows` rows in one transaction and
-// times the drain. Then, when idle_seconds > 0, measures the first relay's CPU use with nothing
-// to do.
+// until they share the 256 slots, has them publish 1,000 warm-up rows (not timed: a relay's
+// first publish to a topic waits for its metadata), fills the outbox with `rows` rows in one
+// transaction and times the drain. Then, when idle_seconds > 0, measures the first relay's CPU use
+// with nothing to do.
 RelayResult MeasureRelay(const BenchDatabase& db, const std::string& relay_bin,
                          const std::string& brokers, const std::string& topic, long rows,
                          int relays, double idle_seconds, const std::string& log_path,
