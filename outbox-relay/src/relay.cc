@@ -231,22 +231,24 @@ class Relay::Impl {
                              options_.takeover_grace},
                 clock) {
     if (::pipe2(wake_pipe_, O_NONBLOCK | O_CLOEXEC) != 0) wake_pipe_[0] = wake_pipe_[1] = -1;
+    if (::pipe2(gauges_pipe_, O_NONBLOCK | O_CLOEXEC) != 0) gauges_pipe_[0] = gauges_pipe_[1] = -1;
     targets_status_ = BuildTargets(std::move(targets));
   }
 
   ~Impl() {
     if (wake_pipe_[0] >= 0) ::close(wake_pipe_[0]);
     if (wake_pipe_[1] >= 0) ::close(wake_pipe_[1]);
+    for (int fd : gauges_pipe_)
+      if (fd >= 0) ::close(fd);
   }
 
   Status Run();
   void Stop() {
     stop_.store(true);
-    { std::lock_guard<std::mutex> lock(gauges_mu_); }
-    gauges_cv_.notify_all();
-    if (wake_pipe_[1] >= 0) {
+    for (int fd : {wake_pipe_[1], gauges_pipe_[1]}) {
+      if (fd < 0) continue;
       char c = 1;
-      [[maybe_unused]] auto n = ::write(wake_pipe_[1], &c, 1);
+      [[maybe_unused]] auto n = ::write(fd, &c, 1);
     }
   }
   Result<size_t> RunOnce();
@@ -315,9 +317,8 @@ class Relay::Impl {
   std::unique_ptr<pqxx::connection> listener_;
   std::mutex wake_mu_;
   std::condition_variable wake_cv_;
-  uint64_t wake_gen_ = 0;  // guarded by wake_mu_
-  std::mutex gauges_mu_;
-  std::condition_variable gauges_cv_;  // Stop() wakes GaugesLoop
+  uint64_t wake_gen_ = 0;          // guarded by wake_mu_
+  int gauges_pipe_[2] = {-1, -1};  // Stop() writes to it: wakes GaugesLoop
   Logger log_{"relay"};
   std::atomic<bool> stop_{false};
   int wake_pipe_[2] = {-1, -1};
@@ -570,17 +571,16 @@ void Relay::Impl::UpdateOwnedSlots() {
 // claim connection that stalled the publishing loop every 2 s; here it stalls nothing.
 void Relay::Impl::GaugesLoop() {
   OutboxStore store(options_.database_url, instance_id_);
-  std::unique_lock<std::mutex> lock(gauges_mu_);
   while (!stop_.load()) {
-    lock.unlock();
     int64_t age = 0, parked = 0;
     // A failure (database down) keeps the last values; the loop's own errors are logged.
     if ((store.connected() || store.Connect().ok()) && store.ReadGauges(&age, &parked).ok()) {
       stats_.oldest_age_ms.store(age);
       stats_.parked_keys.store(parked);
     }
-    lock.lock();
-    gauges_cv_.wait_for(lock, std::chrono::seconds(2), [&] { return stop_.load(); });
+    // Stop() writes to the pipe (async-signal-safe); a byte written before this poll stays.
+    pollfd p{gauges_pipe_[0], POLLIN, 0};
+    ::poll(&p, 1, 2000);
   }
 }
 
