@@ -33,6 +33,8 @@ using Clock = std::chrono::steady_clock;
 // The longest single rd_kafka_poll wait, so that Close() from another thread and a fatal error
 // are noticed quickly.
 constexpr std::chrono::milliseconds kPollSlice{50};
+// PublishBatch waits for its reports in rd_kafka_flush() calls of at most this long (see there).
+constexpr std::chrono::milliseconds kFlushSlice{5};
 
 int ClampMillis(std::chrono::milliseconds ms) {
   if (ms.count() <= 0) return 0;
@@ -237,7 +239,11 @@ std::vector<DeliveryResult> KafkaPublisher::PublishBatch(std::span<const Message
     const auto remaining =
         std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (remaining.count() <= 0) break;
-    rd_kafka_poll(producer_.get(), ClampMillis(std::min(remaining, kPollSlice)));
+    // rd_kafka_flush, not rd_kafka_poll: while it runs, librdkafka sends what is queued at once
+    // instead of after linger.ms (librdkafka >= 1.9). The batch is all produced by now, so
+    // lingering would only delay it. Short slices: flush also waits for older messages still in
+    // flight (an earlier batch's late ones), which this batch need not wait for.
+    rd_kafka_flush(producer_.get(), ClampMillis(std::min(remaining, kFlushSlice)));
   }
   // Whatever is still in flight keeps its kDeadlineExceeded answer; its report, if it ever
   // comes, finds no entry.

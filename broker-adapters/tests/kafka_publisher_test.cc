@@ -234,6 +234,24 @@ TEST(KafkaPublisherTest, BatchTimeoutReportsUnansweredMessagesAsDeadlineExceeded
   EXPECT_TRUE(later[0].status.ok()) << later[0].status;
 }
 
+// A produced batch is flushed: linger.ms (here far longer than the wait allowed) does not hold
+// it back.
+TEST(KafkaPublisherTest, BatchIsNotHeldForLinger) {
+  auto mock = NewMock();
+  ASSERT_TRUE(mock);
+  const std::string topic = UniqueName("pub-linger");
+  KafkaOptions o = TestPublisherOptions(mock->bootstrap_servers());
+  o.linger = 4000ms;
+  auto publisher = NewPublisher(o);
+  ASSERT_TRUE(publisher);
+  std::vector<Message> warmup = {MakeMessage(topic, "k", 1)};  // metadata, connections
+  ASSERT_TRUE(publisher->PublishBatch(Pointers(warmup), 9s)[0].status.ok());
+  std::vector<Message> messages;
+  for (int seq = 2; seq <= 11; ++seq) messages.push_back(MakeMessage(topic, "k", seq));
+  const auto results = publisher->PublishBatch(Pointers(messages), 2000ms);
+  for (const auto& r : results) EXPECT_TRUE(r.status.ok()) << r.status;
+}
+
 TEST(KafkaPublisherTest, TopicAuthorizationFailureOnProduceIsFailedPrecondition) {
   auto mock = NewMock();
   ASSERT_TRUE(mock);

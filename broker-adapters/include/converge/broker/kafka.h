@@ -48,7 +48,8 @@ struct KafkaOptions {
   // this so that every message gets a definite answer rather than kDeadlineExceeded.
   std::chrono::milliseconds message_timeout{30000};
   // `linger.ms`: how long a message waits for others to share its produce request. Small for
-  // low latency: the relay already hands messages over in batches.
+  // low latency: the relay already hands messages over in batches. PublishBatch does not wait
+  // for it: once the batch is produced it flushes (librdkafka then sends at once).
   std::chrono::milliseconds linger{2};
   // `request.timeout.ms`: how long one produce request waits for the broker's ack.
   std::chrono::milliseconds request_timeout{10000};
