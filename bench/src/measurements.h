@@ -47,8 +47,8 @@ struct RelayResult {
   double idle_cpu_percent = -1;  // utime+stime over idle_seconds with an empty outbox, % of a core
 };
 // Starts `relays` converge-relay processes (with `extra_args`, e.g. --relay.target=mqtt), waits
-// until they share the 256 slots, has them publish 1,000 warm-up rows (not timed: a relay's
-// first publish to a topic waits for its metadata), fills the outbox with `rows` rows in one
+// until they share the 256 slots, has them publish 1,000 warm-up rows (not timed: connections,
+// topic metadata), fills the outbox with `rows` rows in one
 // transaction and times the drain. Then, when idle_seconds > 0, measures the first relay's CPU use
 // with nothing to do.
 RelayResult MeasureRelay(const BenchDatabase& db, const std::string& relay_bin,

@@ -54,8 +54,9 @@ RelayResult MeasureRelay(const BenchDatabase& db, const std::string& relay_bin,
   }
 
   // Warm-up, not timed (as the naive relay's first row and the publisher's first batch are
-  // not): a relay's first publish to a topic waits for the topic's metadata, 0.7 s with
-  // devkafka, which was a third of the timed drain of 100,000 rows. 1,000 keys reach every
+  // not): connections, topic metadata, the first claim's plan. (A relay's first publish to a
+  // topic used to wait 0.6-0.9 s for librdkafka's topic scan, a third of the timed drain of
+  // 100,000 rows; the publisher now asks for the metadata at once.) 1,000 keys reach every
   // relay's slots.
   FillOutbox(*conn, topic, 1000, 1000, "warm-");
   if (!WaitOutboxEmpty(*conn, std::chrono::seconds(60)))
