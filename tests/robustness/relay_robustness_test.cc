@@ -153,6 +153,13 @@ TEST_F(RelayRobustness, KillNineInALoopLosesNothingAndKeepsKeyOrder) {
   ChildProcess last =
       StartRelay("r-final", {"--relay.lease_ttl=6s", "--relay.lease_renew_interval=1s",
                              "--relay.publish_timeout=2500ms", "--kafka.message.timeout.ms=1500"});
+  // The killed relays may have drained everything already: wait until the final one holds the
+  // slots, so that the SIGTERM below finds it running and holding leases to give back.
+  const auto until = std::chrono::steady_clock::now() + milliseconds(120000);
+  while (db_.Count("SELECT count(*) FROM converge.relay_slots WHERE owner = 'r-final' AND "
+                   "lease_until > now()") < 256 &&
+         std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(milliseconds(200));
   ASSERT_TRUE(WaitDrained(milliseconds(120000))) << "outbox not drained after heal";
   last.Signal(SIGTERM);
   EXPECT_EQ(last.Wait(milliseconds(20000)), 0) << "SIGTERM must drain and exit 0";
