@@ -195,6 +195,17 @@ Status RegisterMetrics(metrics::Registry& reg, const outbox::Relay& relay) {
 }
 
 int Main(int argc, char** argv) {
+  // SIGTERM and SIGINT are taken by a dedicated thread, which stops the relay cleanly (below).
+  // Blocked first thing, so that one arriving while the configuration is read and the
+  // publishers are built waits for that thread instead of killing the process, and every thread
+  // started meanwhile inherits the mask. (One that arrives before main() still kills it: a
+  // process cannot block signals before it runs.)
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+
   ConfigSchema schema("converge-relay",
                       "Publishes committed outbox rows to Kafka and/or MQTT, in key order, at "
                       "least once.");
@@ -326,13 +337,6 @@ int Main(int argc, char** argv) {
   lo.min_level = *ParseLevel(cfg.Get(k.log_level));
   lo.format = *ParseLogFormat(cfg.Get(k.log_format));
   ConfigureLogging(lo);
-
-  // Signals are taken by a dedicated thread, which stops the relay cleanly.
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
 
   metrics::Registry registry;
   auto* batch_hist = *registry.AddHistogram("converge_relay_batch_size", "Rows per claimed batch",

@@ -170,6 +170,14 @@ Status RegisterMetrics(metrics::Registry& reg, reconciler::Reconciler& r) {
 }
 
 int Main(int argc, char** argv) {
+  // Blocked first thing (taken by sigwait below), so that a SIGTERM while the configuration is
+  // read stops the reconciler cleanly instead of killing it, as in converge-relay.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+
   ConfigSchema schema("converge-reconciler",
                       "Re-emits, compensates or parks flows past their deadline (database "
                       "clock), re-sends and expires MQTT device commands and twins, and exposes "
@@ -222,12 +230,6 @@ int Main(int argc, char** argv) {
   lo.min_level = *ParseLevel(cfg.Get(k.log_level));
   lo.format = *ParseLogFormat(cfg.Get(k.log_format));
   ConfigureLogging(lo);
-
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
 
   // Liveness: the main loop beats once per pass; a loop stuck for a minute beyond its poll
   // interval (a hung statement, a deadlocked thread) fails /healthz so it gets restarted.
