@@ -31,10 +31,8 @@ using internal::KafkaHeaders;
 using internal::MapDeliveryError;
 using Clock = std::chrono::steady_clock;
 
-// The longest single rd_kafka_poll wait, so that Close() from another thread and a fatal error
-// are noticed quickly.
-constexpr std::chrono::milliseconds kPollSlice{50};
-// PublishBatch waits for its reports in rd_kafka_flush() calls of at most this long (see there).
+// PublishBatch waits for its reports in rd_kafka_flush() calls of at most this long (see there),
+// so that Close() from another thread and a fatal error are noticed quickly.
 constexpr std::chrono::milliseconds kFlushSlice{5};
 // The longest LearnTopicLocked waits for a topic's metadata (a round trip, normally).
 constexpr std::chrono::milliseconds kLearnTimeout{500};

@@ -213,11 +213,7 @@ TEST(RelayPipeline, GaugesShowTheParkedKeyAndTheAgeOfTheRowWaitingBehindIt) {
   Enqueue(db, "fine", 3);
   auto pub = std::make_unique<FakePublisher>();
   FakePublisher* fake = pub.get();
-  fake->FailWhen([](const Message& m) {
-    if (m.subject == "poison" && m.sequence == 1)
-      return Status::FailedPrecondition("Broker: Message size too large");
-    return Status::Ok();
-  });
+  fake->RefuseAsTooLarge("poison", 1);
   Relay relay(Options(db), std::move(pub));
   std::thread runner([&] { EXPECT_TRUE(relay.Run().ok()); });
   // poison#2 waits behind the parked key; its age grows from one reading to the next.

@@ -162,11 +162,7 @@ TEST(RelayTest, PermanentFailureDeadLettersAndParksTheKey) {
   EnqueueSql(db, "t", "fine", 2);
   auto pub = std::make_unique<FakePublisher>();
   FakePublisher* fake = pub.get();
-  fake->FailWhen([](const Message& m) {
-    if (m.subject == "poison" && m.sequence == 1)
-      return Status::FailedPrecondition("Broker: Message size too large");
-    return Status::Ok();
-  });
+  fake->RefuseAsTooLarge("poison", 1);
   Relay relay(Options(db), std::move(pub));
   Drain(relay);
   EXPECT_EQ(db.Scalar("SELECT origin || '|' || error_code || '|' || attempts || '|' || seq || '|' "

@@ -138,11 +138,7 @@ struct PoisonSetup {
     EnqueueSql(db, "t", "fine", 1);
     auto pub = std::make_unique<FakePublisher>();
     fake = pub.get();
-    fake->FailWhen([](const Message& m) {
-      if (m.subject == "poison" && m.sequence == 1)
-        return Status::FailedPrecondition("Broker: Message size too large");
-      return Status::Ok();
-    });
+    fake->RefuseAsTooLarge("poison", 1);
     relay = std::make_unique<outbox::Relay>(RelayOpts(db), std::move(pub));
     Drain(*relay);
     dead_id = db.Scalar("SELECT id FROM converge.dead_letters");

@@ -4,6 +4,7 @@
 //   FakePublisher* fake = pub.get();          // keep a handle; the relay owns the publisher
 //   fake->FailWhen([](const Message& m) { return m.subject == "k1" ? Status::Unavailable("x")
 //                                                                  : Status::Ok(); });
+//   fake->RefuseAsTooLarge("k2", 1);          // a poison row (replaces the FailWhen rule)
 //   fake->SetDown(true);                      // every publish fails with kUnavailable
 //   fake->BeforeBatch([](const std::vector<Message>& batch) { ... });  // e.g. hold a batch
 //
@@ -12,6 +13,7 @@
 
 #include <functional>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "converge/broker/publisher.h"
@@ -69,6 +71,15 @@ class FakePublisher final : public broker::Publisher {
   void FailWhen(Rule rule) {
     std::lock_guard<std::mutex> l(mu_);
     rule_ = std::move(rule);
+  }
+  // A poison row: the message with this key and sequence is refused for good, as a broker
+  // refuses one that is too large (the relay dead-letters it and parks its key).
+  void RefuseAsTooLarge(std::string subject, int64_t sequence) {
+    FailWhen([subject = std::move(subject), sequence](const Message& m) {
+      if (m.subject == subject && m.sequence == sequence)
+        return Status::FailedPrecondition("Broker: Message size too large");
+      return Status::Ok();
+    });
   }
   std::vector<Message> published() const {
     std::lock_guard<std::mutex> l(mu_);
