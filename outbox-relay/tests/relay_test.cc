@@ -268,6 +268,34 @@ TEST(RelayTest, LostLeaseFencesTheDelete) {
   EXPECT_EQ(relay.stats().fenced.load(), 1u);
 }
 
+// One slot of the batch lost, the other still held: the delete skips the rule's one-test path
+// and fences row by row, deleting only the held slot's rows.
+TEST(RelayTest, LostLeaseOfOneSlotFencesOnlyItsRows) {
+  TestDatabase db;
+  ASSERT_TRUE(db.ok());
+  ASSERT_NE(db.Scalar("SELECT converge.key_slot('a')"), db.Scalar("SELECT converge.key_slot('b')"));
+  EnqueueSql(db, "t", "a", 2);
+  EnqueueSql(db, "t", "b", 3);
+  auto pub = std::make_unique<FakePublisher>();
+  FakePublisher* fake = pub.get();
+  // While the batch is at the broker, another relay takes over the slot of key "a" only.
+  fake->FailWhen([&](const Message&) {
+    db.Scalar(
+        "UPDATE converge.relay_slots SET owner = 'other', epoch = epoch + 1, "
+        "lease_until = now() + interval '1 minute' WHERE slot = converge.key_slot('a')");
+    return Status::Ok();
+  });
+  Relay relay(Options(db), std::move(pub));
+  ASSERT_TRUE(relay.RunOnce().ok());
+  EXPECT_EQ(fake->published().size(), 5u);
+  EXPECT_EQ(db.Count("SELECT count(*) FROM converge.outbox WHERE key = 'a'"), 2)
+      << "the lost slot's rows stay for its new owner (duplicates, never losses)";
+  EXPECT_EQ(db.Count("SELECT count(*) FROM converge.outbox WHERE key = 'b'"), 0)
+      << "the held slot's rows are deleted";
+  EXPECT_EQ(relay.stats().fenced.load(), 2u);
+  EXPECT_EQ(relay.stats().published.load(), 3u);
+}
+
 TEST(RelayTest, TwoRelaysSplitTheSlotsAndEachPublishesItsOwn) {
   TestDatabase db;
   ASSERT_TRUE(db.ok());
