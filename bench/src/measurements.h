@@ -48,9 +48,8 @@ struct RelayResult {
 };
 // Starts `relays` converge-relay processes (with `extra_args`, e.g. --relay.target=mqtt), waits
 // until they share the 256 slots, has them publish 1,000 warm-up rows (not timed: connections,
-// topic metadata), fills the outbox with `rows` rows in one
-// transaction and times the drain. Then, when idle_seconds > 0, measures the first relay's CPU use
-// with nothing to do.
+// topic metadata), fills the outbox with `rows` rows in one transaction and times the drain.
+// Then, when idle_seconds > 0, measures the first relay's CPU use with nothing to do.
 RelayResult MeasureRelay(const BenchDatabase& db, const std::string& relay_bin,
                          const std::string& brokers, const std::string& topic, long rows,
                          int relays, double idle_seconds, const std::string& log_path,

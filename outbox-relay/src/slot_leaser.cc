@@ -9,8 +9,6 @@
 
 namespace converge::outbox {
 
-namespace {}
-
 SlotLeaser::SlotLeaser(std::string url, std::string instance_id, LeaseOptions options, Clock* clock)
     : url_(std::move(url)),
       instance_id_(std::move(instance_id)),

@@ -82,13 +82,17 @@ class RelayRobustness : public ::testing::Test {
     done->store(true);
   }
 
-  bool WaitDrained(milliseconds timeout) {
+  // Polls `count_sql` until it returns `want`; false on timeout.
+  bool WaitCount(const std::string& count_sql, long long want, milliseconds timeout) {
     const auto until = std::chrono::steady_clock::now() + timeout;
     while (std::chrono::steady_clock::now() < until) {
-      if (db_.Count("SELECT count(*) FROM converge.outbox") == 0) return true;
+      if (db_.Count(count_sql) == want) return true;
       std::this_thread::sleep_for(milliseconds(200));
     }
     return false;
+  }
+  bool WaitDrained(milliseconds timeout) {
+    return WaitCount("SELECT count(*) FROM converge.outbox", 0, timeout);
   }
 
   History Check() {
@@ -155,11 +159,10 @@ TEST_F(RelayRobustness, KillNineInALoopLosesNothingAndKeepsKeyOrder) {
                              "--relay.publish_timeout=2500ms", "--kafka.message.timeout.ms=1500"});
   // The killed relays may have drained everything already: wait until the final one holds the
   // slots, so that the SIGTERM below finds it running and holding leases to give back.
-  const auto until = std::chrono::steady_clock::now() + milliseconds(120000);
-  while (db_.Count("SELECT count(*) FROM converge.relay_slots WHERE owner = 'r-final' AND "
-                   "lease_until > now()") < 256 &&
-         std::chrono::steady_clock::now() < until)
-    std::this_thread::sleep_for(milliseconds(200));
+  ASSERT_TRUE(WaitCount(
+      "SELECT count(*) FROM converge.relay_slots WHERE owner = 'r-final' AND lease_until > now()",
+      256, milliseconds(120000)))
+      << "the final relay did not take the killed relays' slots over";
   ASSERT_TRUE(WaitDrained(milliseconds(120000))) << "outbox not drained after heal";
   last.Signal(SIGTERM);
   EXPECT_EQ(last.Wait(milliseconds(20000)), 0) << "SIGTERM must drain and exit 0";
